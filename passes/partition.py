@@ -1,0 +1,93 @@
+"""partition: cut an annotated graph into a head and a tail GraphModule at a cut point.
+
+::
+
+    x ──► [ nodes 0..i ] ──► wire (one tensor, or a tuple of every live tensor)
+    wire ──► [ nodes i+1..end ] ──► model output
+
+Constants (weights and input-independent nodes, see :mod:`passes.cuts`) are recomputed on
+whichever side reads them, so only activations cross. The tail takes one argument, the
+head's output as it is, so ``tail(head(x)) == model(x)`` holds for multi-tensor cuts too.
+
+Written by hand rather than with ``torch.fx.passes.split_module`` because that sends
+input-independent values across the cut and names the wire by its own scheme; here the
+wire is exactly the cut point's tensor list.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from passes.cuts import CutPoint, constant_nodes
+
+__all__ = ["partition", "PartitionPass"]
+
+
+def _copy_meta(src: fx.Node, dst: fx.Node) -> None:
+    dst.meta.update(src.meta)
+
+
+def partition(gm: fx.GraphModule, cut: CutPoint) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """``(head, tail)`` with ``tail(head(x))`` computing exactly what ``gm(x)`` computes."""
+    nodes = list(gm.graph.nodes)
+    consts = constant_nodes(gm)
+    wire = [t.name for t in cut.tensors]
+    i = cut.index
+
+    # Head: everything up to the cut, returning the wire.
+    head = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for k, n in enumerate(nodes):
+        if n.op == "output" or (k > i and n.op != "placeholder"):
+            continue
+        env[n.name] = head.node_copy(n, lambda a: env[a.name])  # node_copy keeps meta
+    outs = [env[w] for w in wire]
+    head.output(outs[0] if len(outs) == 1 else tuple(outs))
+
+    # Tail: the wire as its one input, constants recomputed, everything after the cut.
+    tail = fx.Graph()
+    tenv: dict[str, fx.Node] = {}
+    if len(wire) == 1:
+        tenv[wire[0]] = tail.placeholder(wire[0])
+        _copy_meta(_node(nodes, wire[0]), tenv[wire[0]])
+    else:
+        packed = tail.placeholder("wire")
+        for k, w in enumerate(wire):
+            tenv[w] = tail.call_function(operator.getitem, (packed, k))
+            _copy_meta(_node(nodes, w), tenv[w])
+    for k, n in enumerate(nodes):
+        if n.name in tenv or (n.op == "placeholder" and n.name not in consts):
+            continue
+        if k > i or n.name in consts:
+            tenv[n.name] = tail.node_copy(n, lambda a: tenv[a.name])
+
+    head_gm = fx.GraphModule(gm, head, "Head")
+    tail_gm = fx.GraphModule(gm, tail, "Tail")
+    for part in (head_gm, tail_gm):
+        part.graph.eliminate_dead_code()  # drops constants the side does not read
+        part.delete_all_unused_submodules()
+        part.recompile()
+        part.meta.update(gm.meta)
+    return head_gm, tail_gm
+
+
+def _node(nodes: list[fx.Node], name: str) -> fx.Node:
+    for n in nodes:
+        if n.name == name:
+            return n
+    raise KeyError(name)
+
+
+class PartitionPass(PassBase):
+    """PassBase form: ``PartitionPass(cut)(gm).graph_module`` is the head; ``.tail`` holds the tail."""
+
+    def __init__(self, cut: CutPoint):
+        self.cut = cut
+        self.tail: fx.GraphModule | None = None
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        head, self.tail = partition(graph_module, self.cut)
+        return PassResult(head, True)

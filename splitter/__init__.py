@@ -1,0 +1,13 @@
+"""splitter: a compiler for split computing.
+
+A reference model goes in; a device half (head), a server half (tail) and a learned
+compression bottleneck between them come out, with their costs counted and their artifacts
+ready to deploy. See DESIGN.md for the data flow.
+"""
+
+from splitter.errors import SplitterError
+from splitter.split import Split, split
+from splitter.trace import Graph, trace
+
+__all__ = ["trace", "split", "Graph", "Split", "SplitterError"]
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""The ``Split`` object and ``split()``: a traced model cut into a device head and a server tail.
+
+::
+
+    plain:    x ─► head (layers ≤ cut) ─► wire ─────────────────────────► tail ─► y
+    insert:   x ─► head (layers ≤ cut ─► bn.encode) ─► symbols ─► tail (bn.decode ─► rest) ─► y
+    replace:  x ─► head (bn.encode: learned encoder on the image) ─► symbols ─► tail (bn.decode ─► rest)
+
+``head`` and ``tail`` are ``torch.fx.GraphModule``s. ``pre`` / ``post`` are the model's own
+layers before / after the cut (without the bottleneck), kept for training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from passes.cuts import CutPoint
+from passes.partition import partition
+from splitter.errors import CutError
+from splitter.trace import Graph, trace
+
+__all__ = ["Split", "split"]
+
+
+class Split(nn.Module):
+    """A model split at ``cut``: ``tail(head(x))`` is the model's output.
+
+    With a bottleneck, ``head`` ends at the integer symbols and ``tail`` starts from them;
+    ``encode(x) -> bytes`` and ``decode(bytes) -> y`` add the entropy coder and the payload.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        cut: CutPoint,
+        head: fx.GraphModule,
+        tail: fx.GraphModule,
+        *,
+        pre: fx.GraphModule | None = None,
+        post: fx.GraphModule | None = None,
+        bottleneck: nn.Module | None = None,
+        mode: str = "plain",
+        options: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.graph = graph
+        self.cut = cut
+        self.head = head
+        self.tail = tail
+        self.pre = pre if pre is not None else head
+        self.post = post if post is not None else tail
+        self.bottleneck = bottleneck
+        self.mode = mode
+        self.options = dict(options or {})
+        self._costs = None
+
+    # -- running -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Any:
+        self.graph.check_input(x)
+        return self.tail(self.head(x))
+
+    def train_forward(self, x: torch.Tensor) -> tuple[Any, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Training pass: ``(output, reconstructed cut tensor, likelihoods)``.
+
+        Goes through ``bottleneck.forward`` (noise / straight-through) instead of the
+        integer symbols, so gradients reach the encoder.
+        """
+        if self.bottleneck is None:
+            wire = self.pre(x)
+            return self.post(wire), wire, {}
+        feat = self.pre(x)
+        out = self.bottleneck(feat)
+        return self.post(out.features), out.features, dict(out.likelihoods)
+
+    @property
+    def name(self) -> str:
+        return self.cut.name
+
+    def __repr__(self) -> str:  # nn.Module's repr would print both graphs in full
+        kind = getattr(self.bottleneck, "kind", None)
+        return (f"Split({self.graph.name!r}, at={self.cut.name!r}, mode={self.mode!r}, "
+                f"bottleneck={kind!r}, wire={[t.shape for t in self.cut.tensors]})")
+
+
+def split(
+    model: nn.Module | str | Graph,
+    at: str,
+    *,
+    bottleneck: str | nn.Module | None = None,
+    mode: str = "insert",
+    input_shape: tuple[int, ...] | None = None,
+    **options: Any,
+) -> Split:
+    """Split ``model`` right after ``at`` (a module path, FX node name or ``input``/``output``).
+
+    Without ``bottleneck`` the split is exact: ``s.tail(s.head(x))`` equals ``model(x)``.
+    With one (a registered kind such as ``"crbq"``, ``"entropy"``, or a module), it is
+    inserted after the cut (``mode="insert"``) or replaces the head (``mode="replace"``);
+    ``options`` (``channels=``, ``quality=``, ...) go to the bottleneck.
+    """
+    graph = model if isinstance(model, Graph) else trace(model, input_shape)
+    cut = graph.cut(at)
+    if bottleneck is None:
+        if options:
+            raise CutError(f"options {sorted(options)} need a bottleneck=; a plain split takes none")
+        head, tail = partition(graph.gm, cut)
+        return Split(graph, cut, head, tail, mode="plain")
+    from splitter._insert import build_bottleneck_split
+
+    return build_bottleneck_split(graph, cut, bottleneck, mode=mode, options=options)

@@ -1,0 +1,271 @@
+"""Frontend: a model (nn.Module, timm name or ``package.module:factory``) -> annotated FX graph.
+
+Two frontends, tried in order:
+
+1. ``fx``: ``torch.fx`` symbolic tracing with timm's registered leaf modules and autowrapped
+   functions. Module-level nodes, readable names, any batch size.
+2. ``export``: ``torch.export`` (non-strict) and its ``.module()``; ATen-level, traces data-
+   dependent Python that FX cannot. The graph is specialised to the example batch size.
+
+The user's model is deep-copied first, so tracing (and everything built on the graph) never
+modifies it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import linecache
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from passes.annotate import Annotate
+from passes.cuts import CutPoint, find_cut_points
+from splitter.errors import InputShapeError, ModelError, TraceError, UnknownLayerError, closest
+
+__all__ = ["Graph", "trace", "load_model", "default_input_shape"]
+
+
+def load_model(
+    model: nn.Module | str,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, str]:
+    """Resolve ``model`` to ``(nn.Module, display name)``.
+
+    ``model`` is a module, a timm model name (``resnet50``) or an import path
+    ``package.module:factory`` (the factory is called with ``kwargs``). ``checkpoint`` is a
+    state-dict file (safetensors or a torch ``.pt`` loaded with ``weights_only=True``).
+    """
+    if isinstance(model, nn.Module):
+        module, name = model, type(model).__name__
+    elif isinstance(model, str) and ":" in model:
+        mod_name, _, attr = model.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelError(
+                f"cannot import {model!r}: {e}. Use the form 'package.module:factory' with a "
+                f"module on the Python path and a callable that returns an nn.Module."
+            ) from e
+        module, name = factory(**kwargs), model
+        if not isinstance(module, nn.Module):
+            raise ModelError(f"{model!r} returned {type(module).__name__}, not an nn.Module")
+    elif isinstance(model, str):
+        import timm
+
+        if model not in timm.list_models() and not timm.is_model(model):
+            raise ModelError(
+                f"unknown timm model {model!r}; closest: {closest(model, timm.list_models())}. "
+                f"Pass a timm name, an nn.Module or 'package.module:factory'."
+            )
+        module, name = timm.create_model(model, pretrained=pretrained, **kwargs), model
+    else:
+        raise ModelError(f"expected an nn.Module or a string, got {type(model).__name__}")
+    if checkpoint:
+        _load_checkpoint(module, checkpoint)
+    return module, name
+
+
+def _load_checkpoint(module: nn.Module, path: str) -> None:
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+    except FileNotFoundError as e:
+        raise ModelError(f"checkpoint {path!r} does not exist") from e
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ModelError(f"cannot read checkpoint {path!r}: {e}") from e
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing:
+        raise ModelError(
+            f"checkpoint {path!r} lacks {len(missing)} weights of the model, e.g. {missing[:3]}; "
+            f"is it for this architecture?"
+        )
+    del unexpected  # extra keys (e.g. EMA copies, optimizer state) are ignored on purpose
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) from timm's ``pretrained_cfg`` when present, else (3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    shape = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return tuple(shape) if shape else (3, 224, 224)
+
+
+class _TimmTracer(fx.Tracer):
+    """FX tracer that honours timm's no-trace registries (leaf modules, autowrapped functions)."""
+
+    def __init__(self) -> None:
+        try:
+            from timm.layers import _fx as timm_fx
+
+            leaves = tuple(timm_fx.get_notrace_modules())
+            fns = tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
+        except ImportError:  # timm absent: plain FX
+            leaves, fns = (), ()
+        super().__init__(autowrap_functions=fns)
+        self._leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self._leaves and isinstance(m, self._leaves):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _trace_fx(model: nn.Module) -> fx.GraphModule:
+    # Optional forward arguments (attention masks, flags) keep their defaults: the graph
+    # takes the image alone, and no None/bool placeholder lives across every cut.
+    params = list(inspect.signature(model.forward).parameters.values())
+    concrete = {p.name: p.default for p in params[1:]
+                if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    tracer = _TimmTracer()
+    graph = tracer.trace(model, concrete_args=concrete or None)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _trace_export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    ep = torch.export.export(model, (example,), strict=False)
+    gm = ep.module()
+    # Drop the pytree in/out codegen so the graph runs as a plain GraphModule.
+    gm.graph._codegen = fx.graph.CodeGen()
+    out = gm.graph.output_node()
+    with torch.no_grad():
+        single = isinstance(model(example), torch.Tensor)
+    if single and isinstance(out.args[0], (tuple, list)) and len(out.args[0]) == 1:
+        out.args = (out.args[0][0],)  # the model returns a tensor, not a 1-tuple
+    gm.recompile()
+    return gm
+
+
+def _describe_failure(e: BaseException) -> str:
+    """The failing operation and the innermost source line of the user's/library code."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = ""
+    for fr in reversed(frames):
+        if "/torch/" not in fr.filename and "/splitter/" not in fr.filename:
+            line = (fr.line or linecache.getline(fr.filename, fr.lineno)).strip()
+            where = f" at {fr.filename}:{fr.lineno} `{line}`"
+            break
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg[:300]}{where}"
+
+
+@dataclass
+class Graph:
+    """A traced model: the FX ``GraphModule`` with per-node meta, plus where it came from.
+
+    ``gm.graph`` nodes carry ``meta["tensor_meta"]`` (shape, dtype), ``meta["module_path"]``,
+    ``meta["flops"]`` and ``meta["weights"]`` (see :mod:`passes.annotate`).
+    """
+
+    gm: fx.GraphModule
+    frontend: str  # "fx" or "export"
+    input_shape: tuple[int, ...]  # per sample, without batch
+    example_input: torch.Tensor
+    name: str = "model"
+    attempts: dict[str, str] = field(default_factory=dict)  # frontends that failed and why
+    feature_modules: list[str] = field(default_factory=list)  # timm feature_info stage modules
+
+    @cached_property
+    def _cuts(self) -> list[CutPoint]:
+        return find_cut_points(self.gm, set(self.feature_modules))
+
+    def cut_points(self) -> list[CutPoint]:
+        """Every place the graph can be cut, in execution order, ``input`` and ``output`` included."""
+        return list(self._cuts)
+
+    def cut(self, at: str) -> CutPoint:
+        """The cut point named ``at`` (module path, FX node name or alias)."""
+        for cp in self._cuts:
+            if at == cp.name or at in cp.aliases:
+                return cp
+        names = [cp.name for cp in self._cuts] + [a for cp in self._cuts for a in cp.aliases]
+        raise UnknownLayerError(at, closest(at, names))
+
+    def stage_names(self) -> list[str]:
+        """Cut names at timm ``feature_info`` stage outputs (empty for a model without it)."""
+        out = []
+        for m in self.feature_modules:
+            try:
+                out.append(self.cut(m).name)
+            except UnknownLayerError:
+                continue
+        return list(dict.fromkeys(out))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` when ``x`` cannot be what the model expects."""
+        want = self.input_shape
+        if not isinstance(x, torch.Tensor):
+            raise InputShapeError(f"expected a tensor of shape (B, {', '.join(map(str, want))}), got {type(x).__name__}")
+        if x.dim() != len(want) + 1 or x.shape[1] != want[0]:
+            raise InputShapeError(
+                f"input has shape {tuple(x.shape)}; the model expects (B, {', '.join(map(str, want))}). "
+                f"Add the batch dimension (x.unsqueeze(0)) or pass input_shape= when tracing."
+            )
+        if self.frontend == "export" and tuple(x.shape) != tuple(self.example_input.shape):
+            raise InputShapeError(
+                f"input has shape {tuple(x.shape)}; this model was traced by torch.export, which "
+                f"fixed the shape to {tuple(self.example_input.shape)}."
+            )
+
+
+def trace(
+    model: nn.Module | str,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    batch_size: int = 1,
+    frontend: str = "auto",
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+) -> Graph:
+    """Trace ``model`` into an annotated :class:`Graph`.
+
+    ``input_shape`` is one sample's shape, ``(C, H, W)``; by default the model's
+    ``pretrained_cfg`` input size. ``frontend`` is ``"auto"`` (fx, then export), ``"fx"`` or
+    ``"export"``. Raises :class:`TraceError` naming the failing op when no frontend works.
+    """
+    module, name = load_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    module = copy.deepcopy(module).eval()  # never touch the caller's model
+    shape = tuple(input_shape) if input_shape else default_input_shape(module)
+    example = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0))
+    order = {"auto": ["fx", "export"], "fx": ["fx"], "export": ["export"]}.get(frontend)
+    if order is None:
+        raise ValueError(f"frontend must be 'auto', 'fx' or 'export', not {frontend!r}")
+
+    attempts: dict[str, str] = {}
+    for fe in order:
+        try:
+            gm = _trace_fx(module) if fe == "fx" else _trace_export(module, example)
+            with torch.no_grad():
+                Annotate(gm).run(example)
+        except Exception as e:  # noqa: BLE001 - every failure is reported, then the next frontend
+            attempts[fe] = _describe_failure(e)
+            continue
+        stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
+                  if isinstance(f, dict) and f.get("module")]
+        return Graph(gm=gm, frontend=fe, input_shape=shape, example_input=example,
+                     name=name, attempts=attempts, feature_modules=stages)
+    tried = "; ".join(f"{k}: {v}" for k, v in attempts.items())
+    raise TraceError(
+        f"could not trace {name} with input {(batch_size, *shape)}. Tried {tried}. "
+        f"If the input shape is wrong, pass input_shape=(C, H, W); otherwise wrap the failing "
+        f"code with torch.fx.wrap or make it a leaf module.",
+        attempts,
+    )
