@@ -20,7 +20,8 @@ from torch import nn
 
 from passes.cuts import CutPoint
 from passes.partition import partition
-from splitter.errors import CutError
+from splitter import payload
+from splitter.errors import CutError, PayloadError
 from splitter.trace import Graph, trace
 
 __all__ = ["Split", "split"]
@@ -75,6 +76,61 @@ class Split(nn.Module):
         feat = self.pre(x)
         out = self.bottleneck(feat)
         return self.post(out.features), out.features, dict(out.likelihoods)
+
+    # -- bytes on the wire ------------------------------------------------------------------
+    def _bottleneck_or_raise(self):
+        if self.bottleneck is None:
+            raise CutError(
+                f"a plain split has no coder; split with bottleneck='identity' (raw fp32/fp16) or "
+                f"a compressing kind ('crbq', 'entropy', ...) to encode {self.cut.name!r} to bytes"
+            )
+        return self.bottleneck
+
+    def encode(self, x: torch.Tensor) -> bytes:
+        """Device side: ``x`` (B, *input_shape) or one sample (*input_shape) -> payload bytes."""
+        bn = self._bottleneck_or_raise()
+        if isinstance(x, torch.Tensor) and x.dim() == len(self.graph.input_shape):
+            x = x.unsqueeze(0)
+        self.graph.check_input(x)
+        with torch.no_grad():
+            symbols = self.head(x)
+        return payload.pack(bn.kind, bn.spatial(symbols), bn.compress(symbols))
+
+    def decode_symbols(self, data: bytes, limits: payload.Limits | None = None) -> torch.Tensor:
+        """Server side, first half: validate the payload and entropy-decode it to symbols."""
+        bn = self._bottleneck_or_raise()
+        p = payload.unpack(data, limits, kind=bn.kind)
+        expected = self._expected_spatial()
+        if len(p.spatial) != len(expected) or (expected and p.spatial[0] != expected[0]):
+            raise PayloadError(f"payload symbol dims {p.spatial} do not fit this bottleneck "
+                               f"(expects {expected})")
+        try:
+            return bn.decompress(p.strings, p.spatial)
+        except PayloadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is the payload's
+            raise PayloadError(f"payload strings do not decode: {type(e).__name__}: {e}") from e
+
+    def decode(self, data: bytes, limits: payload.Limits | None = None) -> Any:
+        """Server side: payload bytes -> model output for every sample in it."""
+        symbols = self.decode_symbols(data, limits)
+        with torch.no_grad():
+            return self.tail(symbols)
+
+    def _expected_spatial(self) -> tuple[int, ...]:
+        if not hasattr(self, "_spatial"):
+            with torch.no_grad():
+                self._spatial = tuple(self.bottleneck.spatial(self.head(self.graph.example_input[:1])))
+        return self._spatial
+
+    @property
+    def costs(self):
+        """The split's :class:`~splitter.costs.CostReport` (computed once, on first use)."""
+        if self._costs is None:
+            from splitter.costs import cost_report
+
+            self._costs = cost_report(self)
+        return self._costs
 
     @property
     def name(self) -> str:

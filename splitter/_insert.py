@@ -1,0 +1,101 @@
+"""Build a bottlenecked :class:`~splitter.split.Split`: validate options, create the
+bottleneck, run the insert pass, re-annotate, partition at the symbols."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+import bottlenecks
+from bottlenecks.base import Bottleneck, infer_layout
+from passes.annotate import AnnotatePass
+from passes.cuts import CutPoint, find_cut_points
+from passes.insert import InsertBottleneck
+from passes.partition import partition
+from splitter.errors import BottleneckError, CutError, closest
+from splitter.trace import Graph
+
+__all__ = ["build_bottleneck_split"]
+
+
+def _identity_graph(example: torch.Tensor) -> fx.GraphModule:
+    """``x -> x`` as a GraphModule: the device-side layers before a replacing encoder."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    g.output(x)
+    gm = fx.GraphModule(nn.Module(), g, "Pre")
+    AnnotatePass(example)(gm)
+    return gm
+
+
+def _single_tensor_names(graph: Graph) -> list[str]:
+    return [c.name for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
+
+
+def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: str | nn.Module, *,
+                           mode: str, options: dict[str, Any]):
+    from splitter.split import Split
+
+    if mode not in ("insert", "replace"):
+        raise BottleneckError(f"mode must be 'insert' or 'replace', not {mode!r}")
+    if cut.name in ("input", "output"):
+        raise CutError(f"a bottleneck needs a cut inside the model, not {cut.name!r}; try one of "
+                       f"{closest(cut.name, _single_tensor_names(graph), 5)}")
+    if not cut.single:
+        singles = [c for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
+        near = sorted(singles, key=lambda c: abs(c.index - cut.index))[:5]
+        raise CutError(
+            f"a bottleneck needs a single-tensor cut; {cut.name!r} sends {len(cut.tensors)} tensors "
+            f"({', '.join(t.name for t in cut.tensors)}). The nearest single-tensor cuts are "
+            f"{[c.name for c in near]}."
+        )
+    cut_shape = tuple(cut.tensors[0].shape[1:])
+    layout = options.pop("layout", None) or infer_layout(cut_shape)
+
+    if isinstance(bottleneck, Bottleneck):
+        bn = bottleneck
+    elif isinstance(bottleneck, str):
+        channels = options.get("channels")
+        c_at_cut = cut_shape[-1] if layout in ("nhwc", "nlc") else cut_shape[0]
+        if channels is not None and mode == "insert" and bottleneck not in ("identity",) \
+                and int(channels) > c_at_cut:
+            raise BottleneckError(
+                f"channels={channels} is larger than the {c_at_cut} channels at {cut.name!r}; "
+                f"use at most {c_at_cut} (a bottleneck should shrink the tensor)."
+            )
+        in_shape = tuple(graph.input_shape) if mode == "replace" else cut_shape
+        kwargs = dict(options, in_shape=in_shape, layout=layout)
+        if mode == "replace":
+            kwargs["out_shape"] = cut_shape
+            kwargs["in_layout"] = "nchw"
+        try:
+            bn = bottlenecks.create(bottleneck, **kwargs)
+        except KeyError as e:
+            raise BottleneckError(str(e.args[0]) + "; pass one of those as bottleneck=") from e
+        except (ValueError, TypeError) as e:
+            raise BottleneckError(f"{bottleneck} bottleneck at {cut.name!r} ({cut_shape}, "
+                                  f"{layout}): {e}") from e
+    else:
+        raise BottleneckError(f"bottleneck= takes a kind name or a Bottleneck module, "
+                              f"not {type(bottleneck).__name__}")
+    bn.eval()
+
+    ins = InsertBottleneck(bn, cut.node, mode)
+    gm = ins(graph.gm).graph_module
+    AnnotatePass(graph.example_input)(gm)
+    sym_cut = next((c for c in find_cut_points(gm) if c.node == ins.symbols), None)
+    if sym_cut is None or not sym_cut.single:
+        raise CutError(f"after inserting the bottleneck at {cut.name!r} the symbols are not the "
+                       f"only tensor crossing; pick a single-tensor cut")
+    head, tail = partition(gm, sym_cut)
+    if mode == "insert":
+        pre, post = partition(graph.gm, cut)
+    else:
+        pre, post = _identity_graph(graph.example_input), partition(graph.gm, cut)[1]
+    s = Split(graph, cut, head, tail, pre=pre, post=post, bottleneck=bn, mode=mode,
+              options=dict(options, layout=layout))
+    s.symbols_cut = sym_cut
+    return s
