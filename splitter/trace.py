@@ -108,6 +108,15 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...]:
     return tuple(shape) if shape else (3, 224, 224)
 
 
+def _data_config(model: nn.Module) -> dict[str, Any]:
+    """The preprocessing keys of timm's ``pretrained_cfg`` (empty for a model without one)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if not isinstance(cfg, dict):
+        return {}
+    keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+    return {k: cfg[k] for k in keys if cfg.get(k) is not None}
+
+
 class _TimmTracer(fx.Tracer):
     """FX tracer that honours timm's no-trace registries (leaf modules, autowrapped functions)."""
 
@@ -182,6 +191,7 @@ class Graph:
     name: str = "model"
     attempts: dict[str, str] = field(default_factory=dict)  # frontends that failed and why
     feature_modules: list[str] = field(default_factory=list)  # timm feature_info stage modules
+    data_config: dict[str, Any] = field(default_factory=dict)  # timm pretrained_cfg: mean, std, crop_pct, ...
 
     @cached_property
     def _cuts(self) -> list[CutPoint]:
@@ -261,7 +271,8 @@ def trace(
         stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
                   if isinstance(f, dict) and f.get("module")]
         return Graph(gm=gm, frontend=fe, input_shape=shape, example_input=example,
-                     name=name, attempts=attempts, feature_modules=stages)
+                     name=name, attempts=attempts, feature_modules=stages,
+                     data_config=_data_config(module))
     tried = "; ".join(f"{k}: {v}" for k, v in attempts.items())
     raise TraceError(
         f"could not trace {name} with input {(batch_size, *shape)}. Tried {tried}. "
