@@ -1,0 +1,138 @@
+"""CompressAI's rANS coder, hardened for strings that arrive from the network.
+
+CompressAI's ``RansEncoder``/``RansDecoder`` (``compressai.ans``) are fast and exact, but
+they trust their input:
+
+- the decoder reads 32-bit words past the end of a short or corrupted string, as many
+  as the symbols it is asked for (and a bypass-coded escape can ask for ~15x the bits it
+  was given);
+- the encoder loops without end on a symbol whose escape value needs more than 28 bits,
+  and overruns its output buffer for fewer than 6 symbols.
+
+So every kind with an entropy model goes through :func:`encode` / :func:`decode`, which
+
+1. bound the symbols (``|s| <= limit``) before the encoder sees them;
+2. pad a stream to at least :data:`MIN_SYMBOLS` symbols;
+3. check a string's length against what ``n`` symbols can possibly cost, then decode
+   from a zero-padded copy long enough for any bit pattern (bound in :func:`_pad_for`),
+   so reads stay inside memory we own and time is O(n + len(string));
+4. range-check the decoded symbols and re-encode them: a string that does not re-encode
+   to itself byte for byte was not written by :func:`encode`, and is rejected.
+
+Any malformed string therefore raises ``ValueError``; nothing crashes or hangs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from compressai import ans
+
+__all__ = ["SYMBOL_LIMIT", "Tables", "encode", "decode", "resize_tables_on_load"]
+
+SYMBOL_LIMIT = 2**15  # |latent symbol| bound: escapes then need <= 5 nibbles
+MIN_SYMBOLS = 8  # the encoder's output buffer holds n words; n/2 + 3 fit from n = 6
+
+
+@dataclass(frozen=True)
+class Tables:
+    """One entropy model's coder tables as the C++ coder wants them (plain lists)."""
+
+    cdf: list[list[int]]
+    lengths: list[int]
+    offsets: list[int]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> Tables:
+        """Read ``_quantized_cdf``, ``_cdf_length``, ``_offset`` of a CompressAI entropy model."""
+        cdf, lengths, offsets = model._quantized_cdf, model._cdf_length, model._offset
+        if cdf.numel() == 0 or lengths.numel() == 0 or offsets.numel() == 0:
+            raise ValueError("entropy coder tables are empty; call bottleneck.update() after "
+                             "training (or load a state dict that has them)")
+        return cls(cdf.tolist(), lengths.reshape(-1).tolist(), offsets.reshape(-1).tolist())
+
+
+def _padded(symbols: list[int], indexes: list[int], tables: Tables) -> tuple[list[int], list[int]]:
+    extra = MIN_SYMBOLS - len(indexes)
+    if extra <= 0:
+        return symbols, indexes
+    i = indexes[0] if indexes else 0
+    return symbols + [tables.offsets[i]] * extra, indexes + [i] * extra
+
+
+def encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: Tables,
+           limit: int = SYMBOL_LIMIT) -> bytes:
+    """Integer symbols ``(n,)`` coded with table ``indexes[k]`` each -> one rANS string."""
+    s = symbols.reshape(-1).to(torch.int64)
+    if s.numel() and int(s.abs().max()) > limit:
+        raise ValueError(f"symbol magnitude {int(s.abs().max())} exceeds the coder limit {limit}; "
+                         f"the latent is out of range (check the bottleneck's input scale)")
+    sym, idx = _padded(s.tolist(), indexes.reshape(-1).to(torch.int64).tolist(), tables)
+    return ans.RansEncoder().encode_with_indexes(sym, idx, tables.cdf, tables.lengths,
+                                                 tables.offsets)
+
+
+def max_string_bytes(n: int) -> int:
+    """Longest string :func:`encode` writes for ``n`` symbols within the limit.
+
+    A symbol costs at most 16 bits (frequency >= 1 of 2**16) plus an escape of at most
+    6 nibbles (count + 5 raw nibbles for |s| < 2**18); the flush adds two words.
+    """
+    return 5 * max(n, MIN_SYMBOLS) + 16
+
+
+def _pad_for(n: int, nbytes: int) -> int:
+    """Zero bytes after a string so that decoding any bit pattern stays in bounds.
+
+    Per symbol the decoder reads <= 1 word for the symbol; an escape then reads a run of
+    0xF count nibbles (<= 9 from its state, then 8 per all-ones word; a zero pad word ends
+    it), each adding 15 raw nibbles to read. Over ``n`` symbols and ``B`` input bytes that
+    is < 92n + 17B + 8 bytes; 128 per symbol and 24 per byte leave a margin.
+    """
+    return 24 * nbytes + 128 * max(n, MIN_SYMBOLS) + 64
+
+
+def decode(string: bytes, indexes: torch.Tensor, tables: Tables,
+           limit: int = SYMBOL_LIMIT) -> torch.Tensor:
+    """Inverse of :func:`encode`: one string -> int32 symbols ``(n,)``; ``ValueError`` if malformed."""
+    if not isinstance(string, (bytes, bytearray)):
+        raise ValueError(f"expected bytes, got {type(string).__name__}")
+    string = bytes(string)
+    idx = indexes.reshape(-1).to(torch.int64).tolist()
+    n = len(idx)
+    if len(string) < 8 or len(string) % 4 or len(string) > max_string_bytes(n):
+        raise ValueError(f"rANS string of {len(string)} bytes cannot hold {n} symbols "
+                         f"(valid: a multiple of 4 in [8, {max_string_bytes(n)}])")
+    pad_idx = _padded([], idx, tables)[1] if n < MIN_SYMBOLS else idx
+    values = ans.RansDecoder().decode_with_indexes(string + bytes(_pad_for(n, len(string))),
+                                                   pad_idx, tables.cdf, tables.lengths,
+                                                   tables.offsets)
+    out = torch.tensor(values[:n], dtype=torch.int64)
+    if (n and int(out.abs().max()) > limit) or values[n:] != [tables.offsets[i] for i in pad_idx[n:]]:
+        raise ValueError("corrupted rANS string: decoded symbols out of range")
+    again = ans.RansEncoder().encode_with_indexes(values, pad_idx, tables.cdf, tables.lengths,
+                                                  tables.offsets)
+    if again != string:
+        raise ValueError("corrupted rANS string: it does not re-encode to itself")
+    return out.to(torch.int32)
+
+
+def resize_tables_on_load(module: torch.nn.Module) -> None:
+    """Let ``load_state_dict`` fill coder tables that are still empty in ``module``.
+
+    CompressAI's entropy models keep their CDFs in buffers that are empty until
+    ``update()``; a plain ``load_state_dict`` then fails on the size mismatch (CompressAI
+    works around it in ``CompressionModel.load_state_dict``). This hook resizes each empty
+    buffer to the incoming tensor's shape first.
+    """
+
+    def hook(state_dict, prefix, *_):
+        for name, buf in list(module.named_buffers()):
+            key = prefix + name
+            if key in state_dict and buf.numel() == 0 and state_dict[key].numel() > 0:
+                owner = module.get_submodule(name.rpartition(".")[0])
+                leaf = name.rpartition(".")[2]
+                owner._buffers[leaf] = torch.empty_like(state_dict[key], device=buf.device)
+
+    module._register_load_state_dict_pre_hook(hook)

@@ -1,0 +1,186 @@
+"""Mean-scale hyperprior (Minnen et al. 2018) with CompressAI's ``GaussianConditional``.
+
+::
+
+    device   x ─► to_nchw ─► encoder (conv, GDN) ─► y ─► round ─► symbols  int32 (B, K, h, w)
+    compress symbols ─► h_a ─► z ─► round(z − median) ─► ẑ ──► rANS (factorized)   string 2
+                                                        └─► h_s ─► scales, means
+             r = symbols − round(means) ─► rANS (Gaussian, nearest table scale)  string 1
+    server   string 2 ─► ẑ ─► h_s ─► scales, means;  string 1 ─► r ─► symbols = r + round(means)
+             symbols ─► decoder (conv, IGDN) ─► from_nchw ─► x̂
+
+``encode`` stays a plain exportable encoder; the hyperprior runs in ``compress`` on the
+device and again in ``decompress`` on the server. Coding the integer residual against
+*rounded* means keeps the symbols integers that survive bit for bit. Both ends must get
+identical ``h_s`` outputs: they run it one sample at a time, on the same weights; across
+different hardware/BLAS builds a last-ulp difference in a scale or mean could still flip
+an index, so deploy both halves with the same torch on CPU.
+
+Training: the decoder sees round(y) and h_s sees ẑ, both straight-through; the rate uses
+noisy likelihoods for y (given the means and scales) and for z. In eval mode the
+likelihoods are exactly the probabilities the coder uses (residual r under N(0, scale)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import nn
+
+from bottlenecks import _rans
+from bottlenecks._common import build_coders, check_spatial, check_strings, check_symbols, ste_round
+from bottlenecks._layers import map_stride, upsample_to
+from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
+
+__all__ = ["MeanScaleHyperprior", "scale_table"]
+
+
+def scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> list[float]:
+    """CompressAI's default Gaussian scale table: ``levels`` log-spaced scales."""
+    return torch.exp(torch.linspace(math.log(lo), math.log(hi), levels)).tolist()
+
+
+@register("hyperprior")
+class MeanScaleHyperprior(Bottleneck):
+    """Options: ``channels`` (K of y, default C // 4), ``hyper_channels`` (of z, default
+    max(1, K // 2)), ``mode`` (``insert`` | ``replace``), ``scale_levels`` (default 64)."""
+
+    n_streams = 2  # strings[sample] = [y residual, z]
+
+    def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
+                 out_shape: tuple[int, ...] | None = None, channels: int | None = None,
+                 mode: str | None = None, hyper_channels: int | None = None,
+                 scale_levels: int = 64, **_):
+        super().__init__(in_shape, layout, out_shape)
+        self.mode, self.channels, self.encoder, self.decoder, self.latent = build_coders(
+            "hyperprior", self.in_shape, out_shape, layout, channels, mode)
+        k, h, w = self.latent
+        n = int(hyper_channels) if hyper_channels is not None else max(1, k // 2)
+        s = map_stride(h, w, layout if self.mode == "insert" else "nchw", min_size=8)
+        self.z_latent = (n, -(-h // s), -(-w // s))
+        ks, pad = (1, 0) if layout == "nlc" else (3, 1)  # tokens: no spatial mixing
+        down = (nn.Conv2d(n, n, 5, stride=2, padding=2) if s == 2
+                else nn.Conv2d(n, n, ks, padding=pad))
+        up = (upsample_to(n, k, self.z_latent[1:], (h, w)) if s == 2
+              else nn.Conv2d(n, k, ks, padding=pad))
+        self.hyper_encoder = nn.Sequential(nn.Conv2d(k, n, ks, padding=pad), nn.LeakyReLU(), down)
+        self.hyper_decoder = nn.Sequential(up, nn.LeakyReLU(), nn.Conv2d(k, 2 * k, ks, padding=pad))
+        self.entropy_bottleneck = EntropyBottleneck(n)
+        self.gaussian_conditional = GaussianConditional(scale_table(levels=scale_levels))
+        self.gaussian_conditional.update()
+        _rans.resize_tables_on_load(self)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        return to_nchw(x, self.layout) if self.mode == "insert" else x
+
+    def _z_medians(self) -> torch.Tensor:
+        return self.entropy_bottleneck.quantiles[:, 0, 1].detach().reshape(1, -1, 1, 1)
+
+    def _hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scales, means = self.hyper_decoder(z_hat).chunk(2, dim=1)
+        return scales, means
+
+    def _scale_indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        # nearest table scale in log terms; CompressAI's build_indexes rounds every scale
+        # up, which costs ~1% of the rate with its 64-level table, this ~0.05%
+        t = self.gaussian_conditional.scale_table
+        return torch.bucketize(self.gaussian_conditional.lower_bound_scale(scales),
+                               (t[:-1] * t[1:]).sqrt()).to(torch.int32)
+
+    def _rounded_means(self, means: torch.Tensor) -> torch.Tensor:
+        return torch.round(means).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
+
+    def _tables(self) -> tuple[_rans.Tables, _rans.Tables]:
+        self.entropy_bottleneck.update()  # once, if still empty
+        return _rans.Tables.of(self.gaussian_conditional), _rans.Tables.of(self.entropy_bottleneck)
+
+    def _z_indexes(self) -> torch.Tensor:
+        n, h, w = self.z_latent
+        return torch.arange(n, dtype=torch.int32).view(n, 1, 1).expand(n, h, w)
+
+    # -- the interface -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> BottleneckOutput:
+        """(B, *in_shape) -> features (B, *out_shape), likelihoods {"y": (B,K,h,w), "z": (B,N,h',w')}."""
+        y = self.encoder(self._in(x))
+        y_hat = ste_round(y)
+        z = self.hyper_encoder(y_hat)
+        _, z_lik = self.entropy_bottleneck(z)
+        scales, means = self._hyper(ste_round(z, self._z_medians()))
+        if self.training:
+            _, y_lik = self.gaussian_conditional(y, scales, means)
+        else:  # the coder's own model: residual against rounded means, zero-mean Gaussian
+            gc = self.gaussian_conditional
+            y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat - self._rounded_means(means), scales))
+        return BottleneckOutput(from_nchw(self.decoder(y_hat), self.layout), {"y": y_lik, "z": z_lik})
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *in_shape) -> int32 (B, K, h, w): round(y), saturated at ±2**15."""
+        y = torch.round(self.encoder(self._in(x)))
+        return y.clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT).to(torch.int32)
+
+    def decode(self, symbols: torch.Tensor) -> torch.Tensor:
+        """int (B, K, h, w) -> (B, *out_shape)."""
+        return from_nchw(self.decoder(symbols.to(torch.float32)), self.layout)
+
+    @torch.no_grad()
+    def compress(self, symbols: torch.Tensor) -> list[list[bytes]]:
+        check_symbols(symbols, self.latent, self.kind)
+        if symbols.numel() and int(symbols.abs().max()) > _rans.SYMBOL_LIMIT:
+            raise ValueError(f"hyperprior: symbols exceed ±{_rans.SYMBOL_LIMIT}; use encode()")
+        gc_tables, eb_tables = self._tables()
+        z_idx, out = self._z_indexes(), []
+        for s in symbols.cpu().to(torch.int32):  # one sample at a time, as decompress does
+            z = self.hyper_encoder(s[None].float())
+            z_sym = torch.round(z - self._z_medians()).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
+            scales, means = self._hyper(z_sym + self._z_medians())
+            idx = self._scale_indexes(scales)
+            r = s[None] - self._rounded_means(means).to(torch.int32)
+            out.append([_rans.encode(r, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT),
+                        _rans.encode(z_sym.to(torch.int32), z_idx, eb_tables)])
+        return out
+
+    @torch.no_grad()
+    def decompress(self, strings: list[list[bytes]], spatial: tuple[int, ...]) -> torch.Tensor:
+        strings = check_strings(strings, self.n_streams)
+        check_spatial(spatial, self.latent)
+        gc_tables, eb_tables = self._tables()
+        z_idx, out = self._z_indexes(), []
+        for y_str, z_str in strings:
+            z_sym = _rans.decode(z_str, z_idx, eb_tables).view(1, *self.z_latent)
+            scales, means = self._hyper(z_sym.float() + self._z_medians())
+            idx = self._scale_indexes(scales)
+            r = _rans.decode(y_str, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT).view(1, *self.latent)
+            y = r + self._rounded_means(means).to(torch.int32)
+            if int(y.abs().max()) > _rans.SYMBOL_LIMIT:
+                raise ValueError("hyperprior: decoded symbols out of range (corrupted string)")
+            out.append(y[0])
+        return torch.stack(out)
+
+    # -- what runs where -------------------------------------------------------------------------
+    def encoder_tensors(self) -> dict[str, torch.Tensor]:
+        """Device side = encode + compress: the encoder, h_a, h_s and the z medians."""
+        out = super().encoder_tensors()
+        for name in ("hyper_encoder", "hyper_decoder"):
+            mod = getattr(self, name)
+            out.update({f"{name}.{k}": v for k, v in mod.named_parameters()})
+        out["entropy_bottleneck.medians"] = self._z_medians().reshape(-1)
+        return out
+
+    def table_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for model in ("entropy_bottleneck", "gaussian_conditional"):
+            em = getattr(self, model)
+            out.update({f"{model}.{n}": getattr(em, n)
+                        for n in ("_quantized_cdf", "_offset", "_cdf_length")})
+        out["gaussian_conditional.scale_table"] = self.gaussian_conditional.scale_table
+        return out
+
+    def update(self) -> None:
+        self.entropy_bottleneck.update(force=True)
+        self.gaussian_conditional.update()
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
