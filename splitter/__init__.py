@@ -7,7 +7,8 @@ ready to deploy. See DESIGN.md for the data flow.
 
 from splitter.errors import SplitterError
 from splitter.split import Split, split
+from splitter.sweep import sweep
 from splitter.trace import Graph, trace
 
-__all__ = ["trace", "split", "Graph", "Split", "SplitterError"]
+__all__ = ["trace", "split", "sweep", "Graph", "Split", "SplitterError"]
 __version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""Sweeps: rows from prefix sums (no re-run), outputs, latency choices, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+
+import pytest
+import torch
+
+import passes.annotate
+import splitter
+from splitter.cli import main
+from splitter.costs import CostReport, report_at
+from splitter.errors import ConfigError, UnknownLayerError
+from splitter.latency import LORA, LTE, Link, Machine, latency_ms
+from splitter.sweep import BottleneckSpec, SweepResult, pareto_mask
+
+
+@pytest.fixture(scope="module")
+def r50():
+    return splitter.trace("resnet50")  # 224x224, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def r18():
+    return splitter.trace("resnet18", (3, 32, 32))
+
+
+def _boom(*a, **k):
+    raise AssertionError("a plain sweep must not partition, split or run the model")
+
+
+def test_sweep_every_point_reads_prefix_sums_only(r50, monkeypatch):
+    split_module = importlib.import_module("splitter.split")  # `splitter.split` is the function
+    monkeypatch.setattr(split_module, "partition", _boom)
+    monkeypatch.setattr(split_module, "split", _boom)
+    monkeypatch.setattr(passes.annotate.Annotate, "run_node", _boom)
+    res = splitter.sweep(r50, "all")
+    cuts = r50.cut_points()
+    assert [r.point for r in res.rows] == [c.name for c in cuts]
+    assert res.rows[0].point == "input" and res.rows[-1].point == "output"
+    assert res.rows[-1].encoder_params == 25_557_032
+    for r, c in zip(res.rows[::17], cuts[::17]):
+        assert r.model_dump(include=set(CostReport.model_fields)) == report_at(r50, c).model_dump()
+
+
+def test_points_stages_list_and_ends(r50):
+    assert [r.point for r in splitter.sweep(r50).rows] == \
+        ["input", "act1", "layer1", "layer2", "layer3", "layer4", "output"]
+    assert [r.point for r in splitter.sweep(r50, ["layer3", "layer1"]).rows] == \
+        ["input", "layer1", "layer3", "output"]
+    assert [r.point for r in splitter.sweep(r50, "layer2").rows] == ["input", "layer2", "output"]
+    with pytest.raises(UnknownLayerError):
+        splitter.sweep(r50, ["layer9"])
+
+
+def test_latency_is_the_neurosurgeon_sum(r50):
+    res = splitter.sweep(r50, link=LTE, device=Machine(gflops=20), server=Machine(gflops=2000))
+    r = next(r for r in res.rows if r.point == "layer3")
+    want = r.encoder_flops / 20e9 * 1e3 + r.payload_bytes * 8 / 10e6 * 1e3 + 50 + r.tail_flops / 2000e9 * 1e3
+    assert r.latency_ms == pytest.approx(want, rel=1e-12)
+    assert latency_ms(0, 37.5e3 / 8, 0, link=LORA) == pytest.approx(1000 + 100)  # 1 s of LoRa + RTT
+
+
+def test_latency_picks_input_on_fast_link_and_output_on_lora(r50):
+    fast = splitter.sweep(r50, link=Link(bandwidth_mbps=1000, rtt_ms=1), device=Machine(gflops=0.1))
+    assert fast.best.point == "input"
+    lora = fast.under(link=LORA, device=Machine(gflops=1000))
+    assert lora.best.point == "output"
+    # re-predicting is the same as sweeping again under those conditions
+    again = splitter.sweep(r50, link=LORA, device=Machine(gflops=1000))
+    assert [r.latency_ms for r in lora.rows] == [r.latency_ms for r in again.rows]
+
+
+def test_csv_json_plot(r50, tmp_path):
+    res = splitter.sweep(r50)
+    text = res.to_csv(tmp_path / "s.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert (tmp_path / "s.csv").read_text() == text
+    assert [r["point"] for r in rows] == [r.point for r in res.rows]
+    assert int(rows[-1]["encoder_params"]) == 25_557_032
+    assert rows[3]["tensors"] == "512x28x28 float32"  # layer2
+    assert float(rows[0]["latency_ms"]) == pytest.approx(res.rows[0].latency_ms)
+    data = json.loads(res.to_json(tmp_path / "s.json"))
+    assert data["best"]["point"] == res.best.point
+    assert SweepResult.model_validate({k: v for k, v in data.items() if k != "best"}).rows == res.rows
+    out = res.plot(str(tmp_path / "s.png"))
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # with accuracy, the accuracy views are drawn and the Pareto marks follow accuracy
+    res.set_accuracy("layer1", 0.70)
+    res.set_accuracy("layer3", 0.76)
+    assert [r.pareto for r in res.rows if r.accuracy is not None] == [True, True]
+    res.plot(str(tmp_path / "acc.png"))
+    assert (tmp_path / "acc.png").stat().st_size > 10_000
+
+
+def test_pareto_mask():
+    assert pareto_mask([(1, 5), (2, 2), (3, 3), (5, 1), (2, 2)]) == [True, True, False, True, True]
+
+
+def test_bottleneck_rows_measured_and_skipped(r18):
+    x = torch.randn(2, 3, 32, 32)
+    res = splitter.sweep(r18, ["layer1", "layer2.0.conv1"], ["identity:dtype=fp16"], inputs=x)
+    got = [(r.point, r.config) for r in res.rows]
+    assert got == [("input", "plain"), ("layer1", "plain"), ("layer1", "identity:dtype=fp16"),
+                   ("layer2.0.conv1", "plain"), ("output", "plain")]
+    bn = res.rows[2]
+    assert bn.payload_measured and bn.symbol_bytes == 64 * 8 * 8 * 2
+    s = splitter.split(r18, "layer1", bottleneck="identity", dtype="fp16")
+    assert bn.payload_bytes == len(s.encode(x[:1]))
+    assert bn.encoder_params == res.rows[1].encoder_params
+    [skip] = res.skipped
+    assert skip.point == "layer2.0.conv1" and "single-tensor" in skip.reason
+
+
+def test_bottleneck_spec_parse():
+    s = BottleneckSpec.parse("crbq:channels=12,mode=replace,flag=true,q=0.5")
+    assert (s.kind, s.mode, s.options) == ("crbq", "replace", {"channels": 12, "flag": True, "q": 0.5})
+    assert s.label == "crbq:mode=replace,channels=12,flag=True,q=0.5"
+    assert BottleneckSpec.of({"kind": "entropy", "channels": 8}).label == "entropy:channels=8"
+    with pytest.raises(ConfigError, match="key=value"):
+        BottleneckSpec.parse("crbq:channels")
+
+
+def test_cli_sweep(tmp_path, capsys):
+    rc = main(["sweep", "resnet18", "--input-size", "3,32,32", "--at", "layer1,layer3",
+               "--link", "lora", "--rtt", "20", "--device-gflops", "50",
+               "--csv", str(tmp_path / "o.csv"), "--json", str(tmp_path / "o.json"),
+               "--plot", str(tmp_path / "o.png")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "lora 0.0375 Mbit/s + 20 ms RTT" in out
+    assert "best split: output" in out
+    assert [line.split()[0] for line in out.splitlines()[3:7]] == ["input", "layer1", "layer3", "output"]
+    for f in ("o.csv", "o.json", "o.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert main(["sweep", "resnet18", "--input-size", "3,32,32", "--bandwidth", "0"]) == 2
