@@ -117,3 +117,17 @@ class AnnotatePass(PassBase):
         for n in graph_module.graph.nodes:
             if n.op not in ("output",) and "flops" not in n.meta:
                 raise RuntimeError(f"annotate left node {n.name} without costs")
+
+
+def annotate_node(graph_module: fx.GraphModule, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+    """Run one node on the given input values and write its meta, as a full run would.
+
+    Lets a pass that adds a few nodes (the bottleneck's encode/decode) annotate just those
+    instead of re-running the whole model.
+    """
+    interp = Annotate(graph_module)
+    interp.env = dict(env)
+    with torch.no_grad():
+        out = interp.run_node(node)
+    graph_module.meta.setdefault("weights", {}).update(interp._weights)
+    return out

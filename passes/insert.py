@@ -58,7 +58,8 @@ class InsertBottleneck(PassBase):
         self.bottleneck = bottleneck
         self.node_name = node_name
         self.mode = mode
-        self.symbols: str | None = None
+        self.symbols: str | None = None  # name of the node producing the symbols
+        self.decoded: str | None = None  # name of the node reconstructing the cut tensor
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         names = {n.name for n in graph_module.graph.nodes}
@@ -91,5 +92,5 @@ class InsertBottleneck(PassBase):
         g.lint()
         gm.delete_all_unused_submodules()
         gm.recompile()
-        self.symbols = enc.name
+        self.symbols, self.decoded = enc.name, dec.name
         return PassResult(gm, True)

@@ -11,7 +11,7 @@ from torch import nn
 
 import bottlenecks
 from bottlenecks.base import Bottleneck, infer_layout
-from passes.annotate import AnnotatePass
+from passes.annotate import AnnotatePass, annotate_node
 from passes.cuts import CutPoint, find_cut_points
 from passes.insert import InsertBottleneck
 from passes.partition import partition
@@ -83,18 +83,25 @@ def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: str | nn.Mod
                               f"not {type(bottleneck).__name__}")
     bn.eval()
 
+    if mode == "insert":
+        pre, post = partition(graph.gm, cut)
+    else:
+        pre, post = _identity_graph(graph.example_input), partition(graph.gm, cut)[1]
+
     ins = InsertBottleneck(bn, cut.node, mode)
     gm = ins(graph.gm).graph_module
-    AnnotatePass(graph.example_input)(gm)
+    # Every other node keeps the meta it had; only the two new nodes are run and annotated.
+    nodes = {n.name: n for n in gm.graph.nodes}
+    enc, dec = nodes[ins.symbols], nodes[ins.decoded]
+    with torch.no_grad():
+        source = pre(graph.example_input)
+    symbols = annotate_node(gm, enc, {enc.args[0]: source})
+    annotate_node(gm, dec, {enc: symbols})
     sym_cut = next((c for c in find_cut_points(gm) if c.node == ins.symbols), None)
     if sym_cut is None or not sym_cut.single:
         raise CutError(f"after inserting the bottleneck at {cut.name!r} the symbols are not the "
                        f"only tensor crossing; pick a single-tensor cut")
     head, tail = partition(gm, sym_cut)
-    if mode == "insert":
-        pre, post = partition(graph.gm, cut)
-    else:
-        pre, post = _identity_graph(graph.example_input), partition(graph.gm, cut)[1]
     s = Split(graph, cut, head, tail, pre=pre, post=post, bottleneck=bn, mode=mode,
               options=dict(options, layout=layout))
     s.symbols_cut = sym_cut

@@ -61,8 +61,14 @@ class Split(nn.Module):
 
     # -- running -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Any:
-        self.graph.check_input(x)
-        return self.tail(self.head(x))
+        self.graph.check_input(x, fixed=self.cut.fixed_shape)
+        try:
+            return self.tail(self.head(x))
+        except Exception as e:  # a model fixed to its traced size fails deep inside: say so
+            err = self.graph.input_error(x, e)
+            if err is None:
+                raise
+            raise err from e
 
     def train_forward(self, x: torch.Tensor) -> tuple[Any, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Training pass: ``(output, reconstructed cut tensor, likelihoods)``.
@@ -105,7 +111,8 @@ class Split(nn.Module):
             raise PayloadError(f"payload symbol dims {p.spatial} do not fit this bottleneck "
                                f"(expects {expected})")
         try:
-            return bn.decompress(p.strings, p.spatial)
+            # Same dtype as the head's symbols, so the tail computes exactly what it would in-process.
+            return bn.decompress(p.strings, p.spatial).to(self._symbol_dtype)
         except PayloadError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is the payload's
@@ -120,7 +127,9 @@ class Split(nn.Module):
     def _expected_spatial(self) -> tuple[int, ...]:
         if not hasattr(self, "_spatial"):
             with torch.no_grad():
-                self._spatial = tuple(self.bottleneck.spatial(self.head(self.graph.example_input[:1])))
+                symbols = self.head(self.graph.example_input[:1])
+            self._spatial = tuple(self.bottleneck.spatial(symbols))
+            self._symbol_dtype = symbols.dtype
         return self._spatial
 
     @property
