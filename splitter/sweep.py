@@ -309,8 +309,11 @@ def sweep(
                     s = split(graph, cut.name, bottleneck=spec.kind, mode=spec.mode, **spec.options)
                     measured = measure_payload(s, inputs) if inputs is not None else None
                     rep = report_at(graph, cut, s.bottleneck, s.mode, table=table, payload=measured)
-                except SplitterError as e:
-                    skipped.append(Skipped(point=cut.name, config=spec.label, reason=str(e)))
+                except (SplitterError, ValueError, TypeError) as e:
+                    # ValueError/TypeError: a kind refusing this tensor (e.g. a 1-D pooled
+                    # vector); the sweep goes on and says why in ``skipped``.
+                    skipped.append(Skipped(point=cut.name, config=spec.label,
+                                           reason=f"{type(e).__name__}: {e}"))
                 else:
                     rows.append(_row(rep, cut, spec.label, link, device, server))
                 if bar is not None:

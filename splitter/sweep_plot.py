@@ -70,13 +70,40 @@ def _scatter(ax, rows: list[SweepRow], xs: list[float], ys: list[float], front: 
     on = [i for i, f in enumerate(front) if f]
     ax.scatter([xs[i] for i in on], [ys[i] for i in on], s=150, facecolors="none",
                edgecolors="crimson", linewidths=1.4, zorder=4, label="Pareto-optimal")
-    for i in on:
-        ax.annotate(_label(rows[i]), (xs[i], ys[i]), xytext=(8, 6), textcoords="offset points",
-                    fontsize=7, color="crimson", zorder=5)
-    if all(v > 0 for v in ys) and max(ys) / max(min(ys), 1e-12) > 20:
+    log_y = all(v > 0 for v in ys) and max(ys) / max(min(ys), 1e-12) > 20
+    if log_y:
         ax.set_yscale("log")
+    _annotate(ax, [(xs[i], ys[i], _label(rows[i])) for i in on], xs, ys, log_y)
     ax.grid(True, which="major", alpha=0.3)
     return sc
+
+
+def _annotate(ax, points: list[tuple[float, float, str]], xs: list[float], ys: list[float],
+              log_y: bool) -> None:
+    """Label points; near-coincident ones share a label, close ones are stacked downwards."""
+
+    def norm(vals: list[float], log: bool):
+        t = [math.log10(v) if log and v > 0 else v for v in vals]
+        lo, hi = min(t), max(t)
+        return lambda v: ((math.log10(v) if log and v > 0 else v) - lo) / ((hi - lo) or 1.0)
+
+    nx, ny = norm(xs, True), norm(ys, log_y)
+    groups: list[list] = []  # [u, v, x, y, [names]]
+    for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):
+        u, v = nx(x), ny(y)
+        g = next((g for g in groups if abs(g[0] - u) < 0.02 and abs(g[1] - v) < 0.02), None)
+        if g is None:
+            groups.append([u, v, x, y, [name]])
+        else:
+            g[4].append(name)
+    placed: list[tuple[float, float]] = []
+    for u, v, x, y, names in groups:
+        text = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+        k = sum(1 for pu, pv in placed if abs(pu - u) < 0.15 and abs(pv - v) < 0.05)
+        placed.append((u, v))
+        right = u > 0.7  # near the right edge: label to the left of the point
+        ax.annotate(text, (x, y), xytext=(-8 if right else 8, 6 - 10 * k), textcoords="offset points",
+                    ha="right" if right else "left", fontsize=7, color="crimson", zorder=5)
 
 
 def plot_sweep(result: SweepResult, path: str) -> None:

@@ -61,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
           f"{link.bandwidth_mbps:g} Mbit/s + {link.rtt_ms:g} ms RTT, device {device.gflops:g} "
           f"GFLOP/s, server {server.gflops:g} GFLOP/s")
     print(res.table())
-    for s in res.skipped:
-        print(f"skipped {s.point} [{s.config}]: {s.reason}")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} (point, bottleneck) pairs where the bottleneck cannot go"
+              + ("" if args.json else " (--json lists them all)") + ", e.g.:")
+        for s in res.skipped[:3]:
+            print(f"  {s.point} [{s.config}]: {s.reason}")
     b = res.best
     print(f"best split: {b.point}" + ("" if b.config == "plain" else f" with {b.config}")
           + f" -> {b.latency_ms:,.1f} ms predicted ({b.encoder_macs / 1e9:.3f} GMACs on the device, "
