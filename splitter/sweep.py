@@ -29,7 +29,7 @@ from splitter.errors import ConfigError, SplitterError
 from splitter.latency import DEVICE, LTE, SERVER, Link, Machine, latency_ms
 from splitter.trace import Graph, trace
 
-__all__ = ["sweep", "SweepResult", "SweepRow", "BottleneckSpec", "select_points", "pareto_mask"]
+__all__ = ["sweep", "SweepResult", "SweepRow", "Skipped", "BottleneckSpec", "select_points", "pareto_mask"]
 
 PLAIN = "plain"
 
