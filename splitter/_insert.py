@@ -53,7 +53,11 @@ def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: str | nn.Mod
             f"{[c.name for c in near]}."
         )
     cut_shape = tuple(cut.tensors[0].shape[1:])
-    layout = options.pop("layout", None) or infer_layout(cut_shape)
+    try:
+        layout = options.pop("layout", None) or infer_layout(cut_shape)
+    except ValueError as e:
+        raise BottleneckError(f"no bottleneck fits {cut.name!r}: {e}. Pick a cut with a feature "
+                              f"map or token sequence, e.g. {_single_tensor_names(graph)[:5]}") from e
 
     if isinstance(bottleneck, Bottleneck):
         bn = bottleneck
