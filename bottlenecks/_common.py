@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_strings", "check_spatial", "resolve_mode", "reduced_channels", "ste_round"]
+__all__ = ["check_strings", "check_spatial", "resolve_mode", "reduced_channels", "ste_round",
+           "straight_through", "build_coders", "check_symbols"]
 
 
 def check_strings(strings: Any, n_streams: int) -> list[list[bytes]]:
@@ -58,16 +59,20 @@ def reduced_channels(channels: int | None, c: int, kind: str, default_div: int =
     return channels
 
 
-def ste_round(y: torch.Tensor, center: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """``round(y - center) + center``, with the identity gradient while training.
+def straight_through(y: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Values ``q`` with the gradient of ``y`` (straight-through estimator).
 
-    Exact (no ``y + (q - y)`` float error) when no gradient is being recorded, so an
-    eval-mode forward sees precisely the values ``encode``/``decode`` produce.
+    Returns ``q`` itself (no ``y + (q - y)`` float error) when no gradient is being
+    recorded, so a no-grad forward sees exactly what ``decode(encode(x))`` sees.
     """
-    q = torch.round(y - center) + center
     if torch.is_grad_enabled() and y.requires_grad:
         return y + (q - y).detach()
     return q
+
+
+def ste_round(y: torch.Tensor, center: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """``round(y - center) + center`` with the identity gradient while training."""
+    return straight_through(y, torch.round(y - center) + center)
 
 
 

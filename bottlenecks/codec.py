@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bottlenecks import _affine8
-from bottlenecks._common import check_spatial, check_strings, resolve_mode
+from bottlenecks._common import check_spatial, check_strings, resolve_mode, straight_through
 from bottlenecks._layers import nchw_shape
 from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
 
@@ -106,7 +106,7 @@ class ImageCodec(Bottleneck):
         with torch.no_grad():
             s = self.encode(x)
             x_hat = self.decode(self.decompress(self.compress(s), self.spatial(s)))
-        return BottleneckOutput(x + (x_hat - x).detach(), {})
+        return BottleneckOutput(straight_through(x, x_hat), {})
 
     def spatial(self, symbols: torch.Tensor) -> tuple[int, ...]:
         """The feature map (C, H, W) the image tiles."""

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from bottlenecks import _affine8
-from bottlenecks._common import check_spatial, check_strings, reduced_channels, resolve_mode
+from bottlenecks._common import (check_spatial, check_strings, reduced_channels, resolve_mode,
+                                 straight_through)
 from bottlenecks._layers import nchw_shape
 from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
 
@@ -53,7 +54,7 @@ class ChannelReductionQuant(Bottleneck):
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
         """(B, *in_shape) -> features; no likelihoods (the rate is fixed: 8 bits a value)."""
         y = self._reduce(x)
-        y_hat = y + (_affine8.dequantize(_affine8.quantize(y.detach())) - y).detach()
+        y_hat = straight_through(y, _affine8.dequantize(_affine8.quantize(y.detach())))
         return BottleneckOutput(self._expand(y_hat), {})
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,18 +67,20 @@ class FactorizedPrior(Bottleneck):
         """(B, *in_shape) -> features (B, *out_shape), likelihoods {"y": (B, K, h, w)}."""
         y = self.encoder(self._in(x))
         _, likelihoods = self.entropy_bottleneck(y)
-        y_hat = ste_round(y, self._medians())
+        # contiguous: a permuted (channels-last) map would pick other conv kernels in the
+        # decoder than the contiguous symbols the server decodes, and differ in the last bit
+        y_hat = ste_round(y, self._medians()).contiguous()
         return BottleneckOutput(from_nchw(self.decoder(y_hat), self.layout), {"y": likelihoods})
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> int32 (B, K, h, w): round(y − median), saturated at ±2**15."""
         y = self.encoder(self._in(x))
         s = torch.round(y - self._medians())
-        return s.clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT).to(torch.int32)
+        return s.clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT).to(torch.int32).contiguous()
 
     def decode(self, symbols: torch.Tensor) -> torch.Tensor:
         """int (B, K, h, w) -> (B, *out_shape)."""
-        y = symbols.to(torch.float32) + self._medians()
+        y = symbols.to(torch.float32).contiguous() + self._medians()
         return from_nchw(self.decoder(y), self.layout)
 
     @torch.no_grad()

@@ -105,7 +105,7 @@ class MeanScaleHyperprior(Bottleneck):
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
         """(B, *in_shape) -> features (B, *out_shape), likelihoods {"y": (B,K,h,w), "z": (B,N,h',w')}."""
         y = self.encoder(self._in(x))
-        y_hat = ste_round(y)
+        y_hat = ste_round(y).contiguous()  # as decode sees it (see entropy.py)
         z = self.hyper_encoder(y_hat)
         _, z_lik = self.entropy_bottleneck(z)
         scales, means = self._hyper(ste_round(z, self._z_medians()))
@@ -119,11 +119,11 @@ class MeanScaleHyperprior(Bottleneck):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> int32 (B, K, h, w): round(y), saturated at ±2**15."""
         y = torch.round(self.encoder(self._in(x)))
-        return y.clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT).to(torch.int32)
+        return y.clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT).to(torch.int32).contiguous()
 
     def decode(self, symbols: torch.Tensor) -> torch.Tensor:
         """int (B, K, h, w) -> (B, *out_shape)."""
-        return from_nchw(self.decoder(symbols.to(torch.float32)), self.layout)
+        return from_nchw(self.decoder(symbols.to(torch.float32).contiguous()), self.layout)
 
     @torch.no_grad()
     def compress(self, symbols: torch.Tensor) -> list[list[bytes]]:
@@ -132,7 +132,7 @@ class MeanScaleHyperprior(Bottleneck):
             raise ValueError(f"hyperprior: symbols exceed ±{_rans.SYMBOL_LIMIT}; use encode()")
         gc_tables, eb_tables = self._tables()
         z_idx, out = self._z_indexes(), []
-        for s in symbols.cpu().to(torch.int32):  # one sample at a time, as decompress does
+        for s in symbols.cpu().to(torch.int32).contiguous():  # one sample at a time, as decompress does
             z = self.hyper_encoder(s[None].float())
             z_sym = torch.round(z - self._z_medians()).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
             scales, means = self._hyper(z_sym + self._z_medians())
