@@ -3,8 +3,9 @@
 Shared by the learned entropy-coded kinds (``entropy``, ``hyperprior``)::
 
     insert mode (x is the cut tensor, C channels, H x W map or N tokens as N x 1):
-        encoder  Conv(C→2K, 5, s) → GDN → Conv(2K→K, 3)            s = 2 on maps >= 16x16
-        decoder  Conv(K→C, 3) → IGDN → ConvT(C→C, 5, s) | Conv(C→C, 3)   exact H x W
+        encoder  Conv(C→2K, 5, s2) | Conv(C→2K, 3) → GDN → Conv(2K→K, 3)
+        decoder  Conv(K→C, 3) → IGDN → ConvT(C→C, 5, s2) | Conv(C→C, 3)  exact H x W
+        (stride 2 on maps of at least 16x16, else 1)
         (token sequences: every kernel 1x1, no stride; tokens are not a grid)
 
     replace mode (x is the image, the decoder rebuilds the cut (C, H, W); Entropic
@@ -23,7 +24,8 @@ import math
 from compressai.layers import GDN
 from torch import nn
 
-__all__ = ["nchw_shape", "map_stride", "insert_coders", "replace_coders", "replace_latent"]
+__all__ = ["nchw_shape", "map_stride", "upsample_to", "insert_coders", "replace_coders",
+           "replace_latent"]
 
 
 def nchw_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:

@@ -45,12 +45,24 @@ class Tables:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> Tables:
-        """Read ``_quantized_cdf``, ``_cdf_length``, ``_offset`` of a CompressAI entropy model."""
-        cdf, lengths, offsets = model._quantized_cdf, model._cdf_length, model._offset
-        if cdf.numel() == 0 or lengths.numel() == 0 or offsets.numel() == 0:
+        """Read ``_quantized_cdf``, ``_cdf_length``, ``_offset`` of a CompressAI entropy model.
+
+        Cached on the model until a buffer is replaced (``update()``) or written in place
+        (``load_state_dict``): a Gaussian table is ~200k ints, too many to list per call.
+        """
+        bufs = (model._quantized_cdf, model._cdf_length, model._offset)
+        if any(b.numel() == 0 for b in bufs):
             raise ValueError("entropy coder tables are empty; call bottleneck.update() after "
                              "training (or load a state dict that has them)")
-        return cls(cdf.tolist(), lengths.reshape(-1).tolist(), offsets.reshape(-1).tolist())
+        key = tuple((b.data_ptr(), b._version) for b in bufs)
+        cached = model.__dict__.get("_coder_tables")
+        if cached is None or cached[0] != key:
+            cdf, lengths, offsets = bufs
+            lengths = lengths.reshape(-1).tolist()
+            rows = [row[:n] for row, n in zip(cdf.tolist(), lengths)]  # the coder reads no further
+            cached = (key, cls(rows, lengths, offsets.reshape(-1).tolist()))
+            model.__dict__["_coder_tables"] = cached
+        return cached[1]
 
 
 def _padded(symbols: list[int], indexes: list[int], tables: Tables) -> tuple[list[int], list[int]]:

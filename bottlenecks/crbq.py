@@ -18,8 +18,13 @@ import torch
 from torch import nn
 
 from bottlenecks import _affine8
-from bottlenecks._common import (check_spatial, check_strings, reduced_channels, resolve_mode,
-                                 straight_through)
+from bottlenecks._common import (
+    check_spatial,
+    check_strings,
+    reduced_channels,
+    resolve_mode,
+    straight_through,
+)
 from bottlenecks._layers import nchw_shape
 from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
 

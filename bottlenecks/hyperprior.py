@@ -58,6 +58,9 @@ class MeanScaleHyperprior(Bottleneck):
             "hyperprior", self.in_shape, out_shape, layout, channels, mode)
         k, h, w = self.latent
         n = int(hyper_channels) if hyper_channels is not None else max(1, k // 2)
+        if n < 1 or scale_levels < 2:
+            raise ValueError(f"hyperprior: hyper_channels ({n}) must be >= 1 and scale_levels "
+                             f"({scale_levels}) >= 2")
         s = map_stride(h, w, layout if self.mode == "insert" else "nchw", min_size=8)
         self.z_latent = (n, -(-h // s), -(-w // s))
         ks, pad = (1, 0) if layout == "nlc" else (3, 1)  # tokens: no spatial mixing

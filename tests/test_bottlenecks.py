@@ -99,28 +99,32 @@ def _fit_entropy_model(b, x, steps: int = 250) -> None:
     """
     with torch.no_grad():
         y = b.encoder(b._in(x))
+        z = b.hyper_encoder(torch.round(y)) if b.kind == "hyperprior" else None
     eb = b.entropy_bottleneck
     main = [p for n, p in b.named_parameters()
             if n.startswith(("entropy_bottleneck", "hyper_decoder")) and not n.endswith("quantiles")]
     opt = torch.optim.Adam(main, lr=1e-2)
     aux = torch.optim.Adam([eb.quantiles], lr=0.1)
     b.train()
-    for _ in range(steps):
-        if b.kind == "entropy":
-            likelihoods = [eb(y)[1]]
-        else:  # the hyperprior half of forward, on the fixed rounded latent
-            y_hat = torch.round(y)
-            z = b.hyper_encoder(y_hat)
-            z_lik = eb(z)[1]
-            scales, means = b._hyper(torch.round(z - b._z_medians()) + b._z_medians())
-            likelihoods = [z_lik, b.gaussian_conditional(y, scales, means)[1]]
-        loss = sum(-torch.log2(p).sum() for p in likelihoods) / x.shape[0]
-        opt.zero_grad()
-        aux.zero_grad()
-        loss.backward()
-        b.aux_loss().backward()
-        opt.step()
-        aux.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # hundreds of tiny steps: thread hand-offs would dominate
+    try:
+        for _ in range(steps):
+            if b.kind == "entropy":
+                likelihoods = [eb(y)[1]]
+            else:  # the hyperprior half of forward, on the fixed rounded latent
+                z_lik = eb(z)[1]
+                scales, means = b._hyper(torch.round(z - b._z_medians()) + b._z_medians())
+                likelihoods = [z_lik, b.gaussian_conditional(y, scales, means)[1]]
+            loss = sum(-torch.log2(p).sum() for p in likelihoods) / x.shape[0]
+            opt.zero_grad()
+            aux.zero_grad()
+            loss.backward()
+            b.aux_loss().backward()
+            opt.step()
+            aux.step()
+    finally:
+        torch.set_num_threads(threads)
     b.update()
     b.eval()
 
