@@ -5,7 +5,11 @@ Keys written to ``node.meta`` (later passes read these instead of recomputing):
 - ``tensor_meta``: ``TensorMetadata`` (or a nested tuple of them) as ``ShapeProp`` writes it;
 - ``module_path``: dotted path of the innermost module that produced the node (``""`` at root);
 - ``flops``: FLOPs of this node, by ``torch.utils.flop_counter`` (MACs = FLOPs / 2);
-- ``weights``: names of the parameters and buffers the node reads.
+- ``weights``: names of the parameters and buffers the node reads;
+- ``value``: the value itself, for a plain Python result (an int from a shape, a ``None``
+  mask, a dtype); see :func:`plain_value`.
+
+:class:`BatchProbe` adds ``probe``: the same node in a second run at another batch size.
 
 and to ``graph_module.meta["weights"]``: ``{name: (numel, dtype)}`` for every weight read.
 """
@@ -23,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from passes._attention_flops import register_attention_flops
 
-__all__ = ["Annotate", "AnnotatePass", "module_path", "is_tensor_node"]
+__all__ = ["Annotate", "AnnotatePass", "BatchProbe", "module_path", "is_tensor_node", "plain_value"]
 
 
 def module_path(node: fx.Node) -> str:
@@ -48,6 +52,13 @@ def _clean_path(path: str) -> str:
 def is_tensor_node(node: fx.Node) -> bool:
     """True when the node's value (as annotated) is a single tensor."""
     return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+
+
+def plain_value(obj: Any) -> bool:
+    """True for a value FX can write into generated code as a literal (ints, None, dtypes, ...)."""
+    if isinstance(obj, (tuple, list)):  # torch.Size is a tuple
+        return all(plain_value(o) for o in obj)
+    return obj is None or isinstance(obj, (bool, int, float, str, torch.dtype))
 
 
 class Annotate(fx.Interpreter):
@@ -86,6 +97,9 @@ class Annotate(fx.Interpreter):
             n.meta["tensor_meta"] = meta
         else:
             n.meta.pop("tensor_meta", None)
+        n.meta.pop("value", None)
+        if not found and plain_value(result):
+            n.meta["value"] = result  # lets a tail re-create it instead of receiving it
         n.meta["type"] = type(result)
         return result
 
@@ -100,6 +114,45 @@ class Annotate(fx.Interpreter):
             t = self._named[k]
             self._weights[k] = (t.numel(), t.dtype)
         return tuple(names)
+
+
+class BatchProbe(fx.Interpreter):
+    """Run the graph again at another batch size and write ``meta["probe"]``.
+
+    ``probe`` is the shape of a tensor node, or the value of a plain Python node (see
+    :func:`plain_value`), at the probe's batch size. :mod:`passes.cuts` compares it with the
+    annotated value to tell a Python value that follows the batch size (``B = x.shape[0]``)
+    from one that does not (``H = x.shape[2]``, a ``None`` mask).
+
+    A plain forward run, without cost counting: on small inputs it is far cheaper than a
+    ``FakeTensorMode`` run (whose Python dispatch costs ~1 ms per node). That a Python value
+    depends on shapes alone, not on data, is checked on the graph by :mod:`passes.cuts`.
+    When the run fails no node gets ``probe``.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=True)
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["probe"] = tuple(int(d) for d in result.shape)
+        elif plain_value(result):
+            n.meta["probe"] = result
+        return result
+
+    def probe(self, example: torch.Tensor) -> bool:
+        """Run on ``example`` (another batch size than annotated); False when it fails."""
+        for n in self.module.graph.nodes:
+            n.meta.pop("probe", None)
+        try:
+            with torch.no_grad():
+                self.run(example)
+        except Exception:  # noqa: BLE001 - a graph the probe cannot run just gets no probe
+            for n in self.module.graph.nodes:
+                n.meta.pop("probe", None)
+            return False
+        return True
 
 
 class AnnotatePass(PassBase):

@@ -6,7 +6,12 @@ position ``i`` sends every value produced at or before ``i`` that a node after `
 
 - *constants*: nodes that do not depend on any input (``get_attr`` weights and anything
   computed only from them, such as attention-mask tables); each side recomputes them;
-- positions whose live set holds a non-tensor (a Python int from ``x.shape``) are not cuts.
+- Python values (an int from ``x.shape``, a ``None`` mask) are never sent either; the tail
+  re-creates each one (see :class:`ScalarInfo`): one that is the same at every batch size
+  is written into the tail as the traced value, which fixes the tail to the traced
+  per-sample shape (``CutPoint.fixed_shape``); one that follows the batch size is read off
+  the shape of a tensor that crosses. A position holding a Python value that can be
+  re-created neither way (or a graph without a batch probe) is not a cut.
 
 A cut that coincides with the end of a module's output is named by the module path (the
 outermost one when several end there), the other names are kept as aliases. ``input`` (send
@@ -16,13 +21,14 @@ the input: full offloading) and ``output`` (send the result: local computing) ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-__all__ = ["TensorInfo", "CutPoint", "find_cut_points", "to_networkx", "constant_nodes"]
+__all__ = ["TensorInfo", "ScalarInfo", "CutPoint", "find_cut_points", "to_networkx", "constant_nodes"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,20 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class ScalarInfo:
+    """A Python value live across a cut that the tail re-creates instead of receiving.
+
+    ``how == "const"``: the value is the same at every batch size; ``value`` is the traced
+    value and the tail holds it as a literal. ``how == "size"``: the value follows the batch
+    size; ``value`` is ``(k, d)`` and the tail reads ``wire[k].shape[d]``.
+    """
+
+    name: str
+    how: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class CutPoint:
     """A place to cut: after node ``node`` (position ``index`` in execution order)."""
 
@@ -45,11 +65,21 @@ class CutPoint:
     module_path: str
     tensors: tuple[TensorInfo, ...]
     aliases: tuple[str, ...] = field(default=())
+    scalars: tuple[ScalarInfo, ...] = field(default=())  # Python values the tail re-creates
 
     @property
     def single(self) -> bool:
         """True when exactly one tensor crosses (a bottleneck can go here)."""
         return len(self.tensors) == 1
+
+    @property
+    def fixed_shape(self) -> bool:
+        """True when the tail holds traced values of the input's per-sample shape.
+
+        Such a split is exact for inputs of the traced ``(C, H, W)`` only (any batch size);
+        the tail checks the wire's shape.
+        """
+        return any(s.how == "const" for s in self.scalars)
 
     @property
     def nbytes(self) -> int:
@@ -98,6 +128,53 @@ def _tensor_info(node: fx.Node) -> TensorInfo | None:
                       numel * itemsize)
 
 
+# Reading these from a tensor reads its metadata, never its data.
+_META_ATTRS = {"shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad"}
+_META_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "get_device"}
+
+
+def _shape_only(node: fx.Node, memo: dict[str, bool]) -> bool:
+    """True when ``node``'s Python value is computed from tensor metadata alone (never data).
+
+    Only such a value is a function of the input's shape, so the traced value (or the
+    probe's) holds for every input of that shape.
+    """
+    if node.name in memo:
+        return memo[node.name]
+    memo[node.name] = False  # guards recursion; the graph is a DAG, so this is never read
+    ok = "value" in node.meta and node.op in ("call_function", "call_method")
+    reads_meta = (node.op == "call_function" and node.target is getattr
+                  and len(node.args) > 1 and node.args[1] in _META_ATTRS) or (
+        node.op == "call_method" and node.target in _META_METHODS)
+    for a in node.all_input_nodes if ok else ():
+        if "tensor_meta" in a.meta:
+            ok = ok and reads_meta and a is node.args[0]
+        else:
+            ok = ok and (a.op == "placeholder" or _shape_only(a, memo))
+    memo[node.name] = ok
+    return ok
+
+
+def _scalar_info(node: fx.Node, wire: list[fx.Node], memo: dict[str, bool]) -> ScalarInfo | None:
+    """How the tail re-creates the Python value of ``node`` from ``wire`` (None: it cannot).
+
+    Needs ``meta["value"]`` (annotate), ``meta["probe"]`` (annotate's batch probe) and a
+    value computed from shapes alone (:func:`_shape_only`).
+    """
+    if "value" not in node.meta or "probe" not in node.meta or not _shape_only(node, memo):
+        return None
+    value, probe = node.meta["value"], node.meta["probe"]
+    if type(value) is type(probe) and value == probe:
+        return ScalarInfo(node.name, "const", value)
+    if type(value) is int and type(probe) is int:
+        for k, w in enumerate(wire):  # the wire dimension that follows the batch the same way
+            shape, pshape = w.meta["tensor_meta"].shape, w.meta.get("probe")
+            for d in range(len(shape)):
+                if pshape and int(shape[d]) == value and pshape[d] == probe:
+                    return ScalarInfo(node.name, "size", (k, d))
+    return None
+
+
 def _module_ends(nodes: list[fx.Node], consts: set[str], preferred: set[str]) -> dict[int, list[str]]:
     """Position -> module paths whose last computing node sits there."""
     last: dict[str, int] = {}
@@ -141,6 +218,7 @@ def find_cut_points(gm: fx.GraphModule, preferred: set[str] | None = None) -> li
     first_compute = compute[0] if compute else out_index
     positions = [first_compute - 1] + compute
     live_set: dict[str, fx.Node] = {}  # insertion-ordered: execution order
+    memo: dict[str, bool] = {}  # node name -> its Python value comes from shapes alone
     expire: dict[int, list[str]] = {}
     cursor = 0
     for i in positions:
@@ -154,9 +232,10 @@ def find_cut_points(gm: fx.GraphModule, preferred: set[str] | None = None) -> li
             cursor += 1
         if i != positions[0] and "tensor_meta" not in nodes[i].meta:
             continue  # after an assert or a shape lookup: the same cut as the one before
-        live = list(live_set.values())
+        live = [n for n in live_set.values() if _tensor_info(n) is not None]
         infos = [_tensor_info(n) for n in live]
-        if not live or any(t is None for t in infos):
+        scalars = [_scalar_info(n, live, memo) for n in live_set.values() if _tensor_info(n) is None]
+        if not live or any(s is None for s in scalars):
             continue
         if i == positions[0]:
             name, aliases, node_name, path = "input", (), live[0].name, ""
@@ -173,5 +252,6 @@ def find_cut_points(gm: fx.GraphModule, preferred: set[str] | None = None) -> li
         used_names.add(name)
         used_names.update(aliases)
         cuts.append(CutPoint(name=name, index=i, node=node_name, module_path=path,
-                             tensors=tuple(infos), aliases=aliases))  # type: ignore[arg-type]
+                             tensors=tuple(infos), aliases=aliases,  # type: ignore[arg-type]
+                             scalars=tuple(scalars)))  # type: ignore[arg-type]
     return cuts

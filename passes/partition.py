@@ -6,7 +6,10 @@
     wire ──► [ nodes i+1..end ] ──► model output
 
 Constants (weights and input-independent nodes, see :mod:`passes.cuts`) are recomputed on
-whichever side reads them, so only activations cross. The tail takes one argument, the
+whichever side reads them, so only activations cross. Python values live across the cut
+(``cut.scalars``) are re-created in the tail: a batch-independent one as its traced value,
+behind a check that the wire has its traced per-sample shape; a batch-dependent one as
+``wire[k].shape[d]``. The tail takes one argument, the
 head's output as it is, so ``tail(head(x)) == model(x)`` holds for multi-tensor cuts too.
 
 Written by hand rather than with ``torch.fx.passes.split_module`` because that sends
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import operator
 
+import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
@@ -28,6 +32,23 @@ __all__ = ["partition", "PartitionPass"]
 
 def _copy_meta(src: fx.Node, dst: fx.Node) -> None:
     dst.meta.update(src.meta)
+
+
+@torch.fx.wrap
+def _expect_shape(t: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """``t`` unchanged, after checking it has ``shape`` (``-1``: any size, the batch's dims).
+
+    Guards a tail that holds traced shape values: another per-sample shape would run with
+    stale sizes, so it fails here, by name, instead of somewhere (or nowhere) downstream.
+    """
+    if t.dim() != len(shape) or any(n != -1 and t.shape[d] != n for d, n in enumerate(shape)):
+        want = ", ".join("B" if n == -1 else str(n) for n in shape)
+        raise ValueError(
+            f"wire tensor {name!r} has shape {tuple(t.shape)}, but this tail was traced for "
+            f"({want}); feed inputs of the traced per-sample shape or trace again with that "
+            f"input_shape."
+        )
+    return t
 
 
 def partition(gm: fx.GraphModule, cut: CutPoint) -> tuple[fx.GraphModule, fx.GraphModule]:

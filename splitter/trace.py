@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from passes.annotate import Annotate
+from passes.annotate import Annotate, BatchProbe
 from passes.cuts import CutPoint, find_cut_points
 from splitter.errors import InputShapeError, ModelError, TraceError, UnknownLayerError, closest
 
@@ -219,8 +219,12 @@ class Graph:
                 continue
         return list(dict.fromkeys(out))
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputShapeError` when ``x`` cannot be what the model expects."""
+    def check_input(self, x: torch.Tensor, *, fixed: bool = False) -> None:
+        """Raise :class:`InputShapeError` when ``x`` cannot be what the model expects.
+
+        ``fixed``: the split's tail holds traced shape values (``CutPoint.fixed_shape``), so
+        only the traced per-sample shape is accepted.
+        """
         want = self.input_shape
         if not isinstance(x, torch.Tensor):
             raise InputShapeError(f"expected a tensor of shape (B, {', '.join(map(str, want))}), got {type(x).__name__}")
@@ -233,6 +237,12 @@ class Graph:
             raise InputShapeError(
                 f"input has shape {tuple(x.shape)}; this model was traced by torch.export, which "
                 f"fixed the shape to {tuple(self.example_input.shape)}."
+            )
+        if fixed and tuple(x.shape[1:]) != tuple(want):
+            raise InputShapeError(
+                f"input has shape {tuple(x.shape)}; this cut's tail holds sizes traced for "
+                f"(B, {', '.join(map(str, want))}), so it takes that per-sample shape only. "
+                f"Resize the input or trace again with input_shape={tuple(x.shape[1:])}."
             )
 
 
@@ -268,6 +278,11 @@ def trace(
         except Exception as e:  # noqa: BLE001 - every failure is reported, then the next frontend
             attempts[fe] = _describe_failure(e)
             continue
+        if fe == "fx":
+            # Tells Python values that follow the batch size from those that do not, so cuts
+            # across an int from x.shape stay usable (passes.cuts); export graphs hold none.
+            other = torch.randn(batch_size + 2, *shape, generator=torch.Generator().manual_seed(1))
+            BatchProbe(gm).probe(other)
         stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
                   if isinstance(f, dict) and f.get("module")]
         return Graph(gm=gm, frontend=fe, input_shape=shape, example_input=example,
