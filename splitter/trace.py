@@ -245,6 +245,23 @@ class Graph:
                 f"Resize the input or trace again with input_shape={tuple(x.shape[1:])}."
             )
 
+    def input_error(self, x: Any, error: BaseException) -> InputShapeError | None:
+        """An :class:`InputShapeError` for a run on ``x`` that failed with ``error``, when
+        ``x``'s per-sample shape is not the traced one (the likely cause); else None.
+
+        Catches what :meth:`check_input` cannot know up front: a model that only runs at
+        its traced size (a ViT's fixed patch grid) fails deep inside, and the message
+        should name the shape it wants rather than the assert that fired.
+        """
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) == tuple(self.input_shape):
+            return None
+        want = ", ".join(map(str, self.input_shape))
+        return InputShapeError(
+            f"the model failed on input of shape {tuple(x.shape)} ({_describe_failure(error)}); "
+            f"it was traced with (B, {want}). Pass inputs of shape (B, {want}), or trace "
+            f"again with input_shape={tuple(x.shape[1:])} if the model accepts that size."
+        )
+
 
 def trace(
     model: nn.Module | str,
