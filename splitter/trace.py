@@ -263,6 +263,26 @@ class Graph:
         )
 
 
+def _feature_modules(module: nn.Module) -> list[str]:
+    """Module paths of timm's ``feature_info`` stages, resolved against the module tree.
+
+    Some timm models name a stage relative to an inner trunk (``blocks.0`` for
+    ``encoder.blocks.0``); a name that is no module path but the dotted suffix of exactly one
+    is resolved to it. Names matching nothing are kept as they are (``stage_names`` skips them).
+    """
+    stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
+              if isinstance(f, dict) and f.get("module")]
+    paths = [n for n, _ in module.named_modules() if n]
+    have = set(paths)
+    out = []
+    for f in stages:
+        if f not in have:
+            hits = [p for p in paths if p.endswith("." + f)]
+            f = hits[0] if len(hits) == 1 else f
+        out.append(f)
+    return out
+
+
 def trace(
     model: nn.Module | str,
     input_shape: tuple[int, ...] | None = None,
@@ -300,8 +320,7 @@ def trace(
             # across an int from x.shape stay usable (passes.cuts); export graphs hold none.
             other = torch.randn(batch_size + 2, *shape, generator=torch.Generator().manual_seed(1))
             BatchProbe(gm).probe(other)
-        stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
-                  if isinstance(f, dict) and f.get("module")]
+        stages = _feature_modules(module)
         return Graph(gm=gm, frontend=fe, input_shape=shape, example_input=example,
                      name=name, attempts=attempts, feature_modules=stages,
                      data_config=_data_config(module))
