@@ -6,9 +6,11 @@ ready to deploy. See DESIGN.md for the data flow.
 """
 
 from splitter.errors import SplitterError
+from splitter.export import export
+from splitter.runtime import load_bundle
 from splitter.split import Split, split
 from splitter.sweep import sweep
 from splitter.trace import Graph, trace
 
-__all__ = ["trace", "split", "sweep", "Graph", "Split", "SplitterError"]
+__all__ = ["trace", "split", "sweep", "export", "load_bundle", "Graph", "Split", "SplitterError"]
 __version__ = "0.1.0"

@@ -1,0 +1,121 @@
+"""``splitter.export(split, out_dir)``: write a bundle, then check it against the split.
+
+::
+
+    split ─► targets.bundle.stage ─► .out.staging-XXXX/{head.onnx, tail.onnx, tail.pt2, tables}
+          ─► parity: the staged runtime vs the in-process split on ≥ 32 inputs
+          ─► manifest.json (hashes + parity) ─► rename to out_dir ─► load_bundle(out_dir)
+
+Nothing appears at ``out_dir`` unless every file was written and the check ran; a failed
+export leaves ``out_dir`` as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitter.errors import BundleError
+from splitter.runtime import Bundle, load_bundle
+from targets.bundle import check_target, commit, make_staging_dir, stage, write_manifest
+from targets.manifest import Parity
+
+__all__ = ["export", "check_parity"]
+
+MIN_IDENTICAL = 0.9999  # integer symbols: ONNX and torch must round the same way
+FLOAT_RTOL = 1e-4  # float symbols (identity kind): kernels differ in the last bits
+MIN_TOP1 = 0.99
+
+
+def _criteria(integer: bool) -> str:
+    sym = (f"symbols identical >= {MIN_IDENTICAL:.2%}" if integer else
+           f"symbols within {FLOAT_RTOL:g} x max|symbol|")
+    return f"coder lossless, {sym}, top-1 agreement >= {MIN_TOP1:.0%}"
+
+
+def _costs(split) -> dict[str, Any] | None:
+    try:
+        return split.costs.model_dump(mode="json")
+    except ImportError:  # splitter.costs not installed in this build
+        return None
+
+
+def _first(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n: int = 32,
+                 batch: int = 8, threads: int | None = None) -> Parity:
+    """Run ``bundle`` and ``split`` on the same inputs and compare symbols, features, outputs.
+
+    ``inputs`` is ``(N, *input_shape)``; by default ``n`` seeded random images.
+    """
+    g = split.graph
+    if inputs is None:
+        inputs = torch.randn(n, *g.input_shape, generator=torch.Generator().manual_seed(0))
+    inputs = inputs.detach().float()
+    if g.frontend == "export":  # its graph is fixed to the traced batch of one
+        batch = 1
+    if inputs.dim() == len(g.input_shape):
+        inputs = inputs.unsqueeze(0)
+    device, server = bundle.device(threads=threads), bundle.server(threads=threads)
+    bn = split.bottleneck
+    same = total = agree = 0
+    sym_diff = feat_err = out_err = 0.0
+    lossless = True
+    integer, scale = True, 0.0
+    with torch.no_grad():
+        for i in range(0, inputs.shape[0], batch):
+            x = inputs[i:i + batch]
+            ref_sym = split.head(x)
+            sym = device.symbols(x)
+            integer = not ref_sym.dtype.is_floating_point
+            scale = max(scale, float(ref_sym.double().abs().max()))
+            same += int((ref_sym == sym).sum())
+            total += ref_sym.numel()
+            sym_diff = max(sym_diff, float((ref_sym.double() - sym.double()).abs().max()))
+            feat_err = max(feat_err, float((bn.decode(ref_sym) - bn.decode(sym)).abs().max()))
+            data = device.encode(x)
+            lossless &= torch.equal(server.decode_symbols(data), sym)
+            got, ref = _first(server.decode(data)), _first(split(x))
+            out_err = max(out_err, float((got.float() - ref.float()).abs().max()))
+            agree += int((got.reshape(len(x), -1).argmax(1) == ref.reshape(len(x), -1).argmax(1)).sum())
+    identical, top1 = same / max(total, 1), agree / inputs.shape[0]
+    close = identical >= MIN_IDENTICAL if integer else sym_diff <= FLOAT_RTOL * max(scale, 1.0)
+    return Parity(n_inputs=int(inputs.shape[0]), symbols_identical=identical,
+                  symbols_max_abs_diff=sym_diff, feature_max_abs_error=feat_err,
+                  output_max_abs_error=out_err, top1_agreement=top1, coder_lossless=lossless,
+                  passed=lossless and close and top1 >= MIN_TOP1, criteria=_criteria(integer))
+
+
+def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
+           exporter: str = "auto", strict: bool = True, threads: int | None = None) -> Bundle:
+    """Write ``split`` as a bundle in ``out_dir`` and return it, loaded and verified.
+
+    Files: ``head.onnx`` (device head, image -> symbols), ``tail.onnx`` and ``tail.pt2``
+    (server tail, symbols -> output), ``tables.safetensors`` (bottleneck state, coder
+    tables) and ``manifest.json``. ``inputs`` (``(N, C, H, W)``, default 32 random) drive the
+    parity check recorded in the manifest; with ``strict`` a failed check raises
+    :class:`~splitter.errors.BundleError` and writes nothing. ``exporter``: ``"auto"``
+    (dynamo, then torchscript), ``"dynamo"`` or ``"torchscript"``.
+    """
+    out_dir = Path(out_dir)
+    check_target(out_dir)
+    split.eval()
+    staging = make_staging_dir(out_dir)
+    try:
+        manifest = stage(split, staging, exporter=exporter, costs=_costs(split))
+        parity = check_parity(split, Bundle(staging, manifest), inputs, threads=threads)
+        if strict and not parity.passed:
+            raise BundleError(f"the exported bundle does not match the split ({parity.criteria}): "
+                              f"{parity.model_dump()}. Nothing was written; pass strict=False to "
+                              f"keep it anyway.", file="head.onnx")
+        write_manifest(manifest.model_copy(update={"parity": parity}), staging)
+        commit(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_bundle(out_dir)
