@@ -7,10 +7,11 @@ ready to deploy. See DESIGN.md for the data flow.
 
 from splitter.errors import SplitterError
 from splitter.export import export
+from splitter.fit import fit
 from splitter.runtime import load_bundle
 from splitter.split import Split, split
 from splitter.sweep import sweep
 from splitter.trace import Graph, trace
 
-__all__ = ["trace", "split", "sweep", "export", "load_bundle", "Graph", "Split", "SplitterError"]
+__all__ = ["trace", "split", "sweep", "fit", "export", "load_bundle", "Graph", "Split", "SplitterError"]
 __version__ = "0.1.0"
