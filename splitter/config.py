@@ -169,7 +169,8 @@ def build(cfg: FitConfig):
     from splitter.split import split as make_split
     from splitter.trace import default_input_shape, load_model
 
-    teacher, _ = load_model(cfg.model, checkpoint=cfg.checkpoint, **cfg.model_args)
+    ckpt = os.path.expanduser(cfg.checkpoint) if cfg.checkpoint else None
+    teacher, _ = load_model(cfg.model, checkpoint=ckpt, **cfg.model_args)
     teacher.eval()
     shape = tuple(cfg.input_size) if cfg.input_size else default_input_shape(teacher)
     torch.manual_seed(cfg.seed)  # the bottleneck's initial weights

@@ -507,7 +507,7 @@ def _fit(split, train_data, teacher, stage_list, val_data, batch_size, seed, out
                 report.global_step += 1
                 b = len(y)
                 sums["n"] += b
-                sums["loss"] += float(out["main"]) * b
+                sums["loss"] += float(out["main"].detach()) * b
                 sums["bits"] += float(out["bits"]) * b
                 if "nmse" in out:
                     sums["nmse"] += float(out["nmse"]) * b
