@@ -26,14 +26,16 @@ from targets.manifest import Parity
 __all__ = ["export", "check_parity"]
 
 MIN_IDENTICAL = 0.9999  # integer symbols: ONNX and torch must round the same way
-FLOAT_RTOL = 1e-4  # float symbols (identity kind): kernels differ in the last bits
+FLOAT_RTOL = 1e-4  # float symbols (identity kind): kernels differ in the last bits, and a
+# value next to a rounding boundary of the symbol dtype may land one ulp away (fp16: 1e-3)
 MIN_TOP1 = 0.99
 
 
-def _criteria(integer: bool) -> str:
+def _criteria(integer: bool, rtol: float) -> str:
     sym = (f"symbols identical >= {MIN_IDENTICAL:.2%}" if integer else
-           f"symbols within {FLOAT_RTOL:g} x max|symbol|")
-    return f"coder lossless, {sym}, top-1 agreement >= {MIN_TOP1:.0%}"
+           f"symbols within {rtol:.3g} x max|symbol|")
+    return (f"server decodes what the split's own coder does, {sym}, "
+            f"top-1 agreement with split.decode(split.encode(x)) >= {MIN_TOP1:.0%}")
 
 
 def _costs(split) -> dict[str, Any] | None:
@@ -65,30 +67,39 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
     bn = split.bottleneck
     same = total = agree = 0
     sym_diff = feat_err = out_err = 0.0
-    lossless = True
-    integer, scale = True, 0.0
+    lossless = matches = True
+    integer, scale, rtol = True, 0.0, FLOAT_RTOL
     with torch.no_grad():
         for i in range(0, inputs.shape[0], batch):
             x = inputs[i:i + batch]
             ref_sym = split.head(x)
             sym = device.symbols(x)
             integer = not ref_sym.dtype.is_floating_point
+            if not integer:
+                rtol = max(FLOAT_RTOL, torch.finfo(ref_sym.dtype).eps)
             scale = max(scale, float(ref_sym.double().abs().max()))
             same += int((ref_sym == sym).sum())
             total += ref_sym.numel()
             sym_diff = max(sym_diff, float((ref_sym.double() - sym.double()).abs().max()))
             feat_err = max(feat_err, float((bn.decode(ref_sym) - bn.decode(sym)).abs().max()))
             data = device.encode(x)
-            lossless &= torch.equal(server.decode_symbols(data), sym)
-            got, ref = _first(server.decode(data)), _first(split(x))
+            decoded = server.decode_symbols(data)
+            lossless &= torch.equal(decoded, sym)  # False by design for jpeg/webp
+            # The bottleneck rebuilt from the manifest and tables must code exactly as the
+            # split's own does (same tables, same framing).
+            mine = bn.decompress(bn.compress(sym), tuple(bn.spatial(sym))).to(decoded.dtype)
+            matches &= torch.equal(decoded, mine)
+            # The reference is the split's own bytes path; for a lossless coder it is split(x).
+            got, ref = _first(server.decode(data)), _first(split.decode(split.encode(x)))
             out_err = max(out_err, float((got.float() - ref.float()).abs().max()))
             agree += int((got.reshape(len(x), -1).argmax(1) == ref.reshape(len(x), -1).argmax(1)).sum())
     identical, top1 = same / max(total, 1), agree / inputs.shape[0]
-    close = identical >= MIN_IDENTICAL if integer else sym_diff <= FLOAT_RTOL * max(scale, 1.0)
+    close = identical >= MIN_IDENTICAL if integer else sym_diff <= rtol * max(scale, 1.0)
     return Parity(n_inputs=int(inputs.shape[0]), symbols_identical=identical,
                   symbols_max_abs_diff=sym_diff, feature_max_abs_error=feat_err,
                   output_max_abs_error=out_err, top1_agreement=top1, coder_lossless=lossless,
-                  passed=lossless and close and top1 >= MIN_TOP1, criteria=_criteria(integer))
+                  coder_matches_split=matches, passed=matches and close and top1 >= MIN_TOP1,
+                  criteria=_criteria(integer, rtol))
 
 
 def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,

@@ -100,9 +100,13 @@ class Parity(_Strict):
     symbols_identical: float = Field(description="fraction of ONNX-head symbols equal to the torch head's")
     symbols_max_abs_diff: float
     feature_max_abs_error: float = Field(description="max |decode(onnx symbols) - decode(torch symbols)|")
-    output_max_abs_error: float = Field(description="max |Server.decode(Device.encode(x)) - split(x)|")
+    output_max_abs_error: float = Field(
+        description="max |Server.decode(Device.encode(x)) - split.decode(split.encode(x))|")
     top1_agreement: float = Field(description="fraction of inputs whose top-1 class agrees")
-    coder_lossless: bool = Field(description="symbols survive compress/pack/unpack/decompress bit for bit")
+    coder_lossless: bool = Field(description="symbols survive compress/pack/unpack/decompress bit "
+                                             "for bit (False by design for jpeg/webp)")
+    coder_matches_split: bool = Field(description="the server decodes exactly what the split's own "
+                                                  "bottleneck decodes from the same symbols")
     passed: bool
     criteria: str
 

@@ -110,6 +110,7 @@ def test_manifest_cannot_point_outside_the_bundle(copy):
     assert e.value.file == "manifest.json"
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the planted entry shadows the real one
 def test_a_pickle_planted_in_tail_pt2_never_runs(copy, monkeypatch):
     """tail.pt2 is for trusted torch users; the runtime hashes it but never opens it."""
     import zipfile
