@@ -45,6 +45,15 @@ def _costs(split) -> dict[str, Any] | None:
         return None
 
 
+def _culprit(p: Parity) -> str:
+    """The file a failed check points at: the coder's tables, the head, else the tail."""
+    if not p.coder_matches_split:
+        return "tables.safetensors"
+    if not p.symbols_close:
+        return "head.onnx"
+    return "tail.onnx"
+
+
 def _first(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
@@ -98,7 +107,8 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
     return Parity(n_inputs=int(inputs.shape[0]), symbols_identical=identical,
                   symbols_max_abs_diff=sym_diff, feature_max_abs_error=feat_err,
                   output_max_abs_error=out_err, top1_agreement=top1, coder_lossless=lossless,
-                  coder_matches_split=matches, passed=matches and close and top1 >= MIN_TOP1,
+                  coder_matches_split=matches, symbols_close=close,
+                  passed=matches and close and top1 >= MIN_TOP1,
                   criteria=_criteria(integer, rtol))
 
 
@@ -123,7 +133,7 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
         if strict and not parity.passed:
             raise BundleError(f"the exported bundle does not match the split ({parity.criteria}): "
                               f"{parity.model_dump()}. Nothing was written; pass strict=False to "
-                              f"keep it anyway.", file="head.onnx")
+                              f"keep it anyway.", file=_culprit(parity))
         write_manifest(manifest.model_copy(update={"parity": parity}), staging)
         commit(staging, out_dir)
     finally:

@@ -99,6 +99,7 @@ class Parity(_Strict):
     n_inputs: int
     symbols_identical: float = Field(description="fraction of ONNX-head symbols equal to the torch head's")
     symbols_max_abs_diff: float
+    symbols_close: bool = Field(description="the symbols criterion of `criteria` holds")
     feature_max_abs_error: float = Field(description="max |decode(onnx symbols) - decode(torch symbols)|")
     output_max_abs_error: float = Field(
         description="max |Server.decode(Device.encode(x)) - split.decode(split.encode(x))|")
