@@ -79,6 +79,21 @@ def partition(gm: fx.GraphModule, cut: CutPoint) -> tuple[fx.GraphModule, fx.Gra
         for k, w in enumerate(wire):
             tenv[w] = tail.call_function(operator.getitem, (packed, k))
             _copy_meta(_node(nodes, w), tenv[w])
+    if cut.fixed_shape:  # check every dimension that does not follow the batch size
+        for t in cut.tensors:
+            probe = _node(nodes, t.name).meta.get("probe") or ()
+            # A dimension that changed in the batch probe follows the batch size: left free.
+            want = tuple(n if d < len(probe) and probe[d] == n else -1 for d, n in enumerate(t.shape))
+            src = tenv[t.name]
+            tenv[t.name] = tail.call_function(_expect_shape, (src, want, t.name))
+            _copy_meta(src, tenv[t.name])
+    for s in cut.scalars:
+        if s.how == "const":
+            tenv[s.name] = s.value  # node_copy below writes it into the code as a literal
+        else:
+            k, d = s.value
+            tenv[s.name] = tail.call_method("size", (tenv[wire[k]], d))
+            _copy_meta(_node(nodes, s.name), tenv[s.name])
     for k, n in enumerate(nodes):
         if n.name in tenv or (n.op == "placeholder" and n.name not in consts):
             continue
