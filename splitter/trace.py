@@ -315,9 +315,10 @@ def trace(
         except Exception as e:  # noqa: BLE001 - every failure is reported, then the next frontend
             attempts[fe] = _describe_failure(e)
             continue
-        if fe == "fx":
+        if fe == "fx" and any("value" in n.meta for n in gm.graph.nodes):
             # Tells Python values that follow the batch size from those that do not, so cuts
-            # across an int from x.shape stay usable (passes.cuts); export graphs hold none.
+            # across an int from x.shape stay usable (passes.cuts); export graphs hold none,
+            # and a graph without Python values (most CNNs) needs no second run.
             other = torch.randn(batch_size + 2, *shape, generator=torch.Generator().manual_seed(1))
             BatchProbe(gm).probe(other)
         stages = _feature_modules(module)
