@@ -100,14 +100,16 @@ def partition(gm: fx.GraphModule, cut: CutPoint) -> tuple[fx.GraphModule, fx.Gra
         if k > i or n.name in consts:
             tenv[n.name] = tail.node_copy(n, lambda a: tenv[a.name])
 
-    head_gm = fx.GraphModule(gm, head, "Head")
-    tail_gm = fx.GraphModule(gm, tail, "Tail")
-    for part in (head_gm, tail_gm):
-        part.graph.eliminate_dead_code()  # drops constants the side does not read
-        part.delete_all_unused_submodules()
-        part.recompile()
-        part.meta.update(gm.meta)
-    return head_gm, tail_gm
+    return _module(gm, head, "Head"), _module(gm, tail, "Tail")
+
+
+def _module(root: fx.GraphModule, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """GraphModule holding only the weights and submodules ``graph`` reads after DCE."""
+    draft = fx.GraphModule(root, graph, name)  # DCE's purity checks need an owning module
+    draft.graph.eliminate_dead_code()  # drops constants this side does not read
+    gm = fx.GraphModule(root, draft.graph, name)  # copies only what is still referenced
+    gm.meta.update(root.meta)
+    return gm
 
 
 def _node(nodes: list[fx.Node], name: str) -> fx.Node:

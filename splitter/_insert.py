@@ -31,6 +31,18 @@ def _identity_graph(example: torch.Tensor) -> fx.GraphModule:
     return gm
 
 
+def _probe_new_nodes(bn: Bottleneck, enc: fx.Node, dec: fx.Node) -> None:
+    """Give encode/decode the ``probe`` meta (their shapes at the batch-probe size) that
+    :mod:`passes.cuts` reads to re-create batch-sized Python values from the wire."""
+    probe = enc.args[0].meta.get("probe")
+    if not (isinstance(probe, tuple) and all(isinstance(d, int) for d in probe)):
+        return
+    with torch.no_grad():
+        symbols = bn.encode(torch.zeros(probe))
+        enc.meta["probe"] = tuple(int(d) for d in symbols.shape)
+        dec.meta["probe"] = tuple(int(d) for d in bn.decode(symbols).shape)
+
+
 def _single_tensor_names(graph: Graph) -> list[str]:
     return [c.name for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
 
@@ -101,6 +113,7 @@ def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: str | nn.Mod
         source = pre(graph.example_input)
     symbols = annotate_node(gm, enc, {enc.args[0]: source})
     annotate_node(gm, dec, {enc: symbols})
+    _probe_new_nodes(bn, enc, dec)
     sym_cut = next((c for c in find_cut_points(gm) if c.node == ins.symbols), None)
     if sym_cut is None or not sym_cut.single:
         raise CutError(f"after inserting the bottleneck at {cut.name!r} the symbols are not the "

@@ -112,3 +112,26 @@ def test_registry_has_every_kind():
     bottlenecks.base.create  # noqa: B018 - import side effect
     bottlenecks._load_all()
     assert set(LOSSLESS + LOSSY) <= set(bottlenecks.REGISTRY)
+
+
+class _BatchInt(torch.nn.Module):
+    """``B = x.shape[0]`` read after the cut: the tail takes it from the symbols on the wire."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        b = x.shape[0]
+        return self.body(self.stem(x)).reshape(b, -1)
+
+
+def test_bottleneck_at_cut_with_batch_sized_python_value():
+    m = _BatchInt().eval()
+    s = splitter.split(m, "stem", bottleneck="crbq", channels=4, input_shape=(3, 16, 16))
+    for batch in (1, 3):  # nothing batch-sized is baked into the tail
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(s.decode(s.encode(x)), s(x))
+        assert s(x).shape == (batch, 8 * 8 * 8)
