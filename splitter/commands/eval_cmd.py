@@ -53,6 +53,7 @@ def _teacher(args, name: str | None, checkpoint: str | None, model_args: dict):
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
     from splitter.config import build, load_config
     from splitter.data import as_dataset
     from splitter.evaluate import QUALITIES, evaluate
