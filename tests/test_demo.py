@@ -1,0 +1,29 @@
+"""``splitter demo --quick``: every stage of the pipeline runs and its figures are measured."""
+
+from __future__ import annotations
+
+import json
+
+from splitter.demo import RAW_DIGIT_BYTES, run_demo
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    r = run_demo(str(tmp_path / "out"), quick=True, cache=tmp_path / "cache", progress=False,
+                 quiet=True)
+    methods = {row.method for row in r.report.rows}
+    assert methods == {"teacher", "entropy", "crbq", "jpeg", "webp"}
+    assert all(row.samples == 360 for row in r.report.rows)
+    assert all(row.bytes_mean > 0 for row in r.report.rows if row.method != "teacher")
+    assert len(r.criteria) == 3
+    for c in r.criteria:  # the verdicts follow from the measured numbers
+        assert c.within_accuracy == (c.accuracy >= c.teacher_accuracy - 0.015)
+        assert c.under_raw == (c.payload_bytes < RAW_DIGIT_BYTES)
+        best = r.report.smallest_reaching(c.accuracy)
+        assert c.smallest_codec_bytes == (best.bytes_mean if best else None)
+    assert (tmp_path / "out" / "bundle" / "manifest.json").exists()
+    assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["report"]["rows"][0]["method"] == "teacher"
+    # the teacher is cached after the first run
+    assert list((tmp_path / "cache").glob("digits_test_resnet_*.safetensors"))
+
