@@ -159,7 +159,7 @@ def _plot(report, fitted: list[tuple[str, Any, Any]], teacher_acc: float, path: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     colors = {"jpeg": "tab:blue", "webp": "tab:orange", "entropy": "tab:green", "crbq": "tab:red"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -179,14 +179,15 @@ def _plot(report, fitted: list[tuple[str, Any, Any]], teacher_acc: float, path: 
                      color=colors[kind], label=f"{kind} at {CUT}")
     ax1.axvline(RAW_DIGIT_BYTES, color="k", lw=0.7, ls="-.", label="raw 8×8 4-bit digit (32 B)")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    for ax in (ax1, ax2):
+    for ax, where in ((ax1, "lower left"), (ax2, "lower right")):
         ax.axhline(100 * teacher_acc, color="gray", lw=0.8, ls=":", label="teacher")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc=where)
     ax1.set_xlabel("bytes per sample (whole payloads / whole files, measured)")
     ax1.set_title("R-D on the digits test split")
     ax2.set_xlabel("encoder size (kB) × bytes per sample")

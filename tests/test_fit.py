@@ -168,3 +168,24 @@ def test_digits_is_real_and_split_is_fixed():
     assert x.shape == SHAPE and x.min() >= -1 and x.max() <= 1
     buf = io.BytesIO()
     tr.raw(0).save(buf, format="PNG")  # a real image Pillow can write
+
+
+def test_image_folder_uses_the_models_preprocessing(tmp_path, teacher):
+    from PIL import Image
+
+    from splitter.data import image_folder
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for k in range(2):
+            arr = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / cls / f"{k}.png")
+    ds = image_folder(str(tmp_path), teacher, input_size=SHAPE)
+    assert ds.classes == ["cat", "dog"] and ds.targets == [0, 0, 1, 1]
+    x, y = ds[3]
+    assert x.shape == SHAPE and y == 1
+    assert ds.raw(3).size == (24, 20)  # the source image, native resolution
+    # test_resnet's config normalises with mean = std = 0.5: a black image maps to -1
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "cat" / "0.png")
+    assert torch.allclose(ds[0][0], torch.full(SHAPE, -1.0))
