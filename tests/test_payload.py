@@ -51,7 +51,7 @@ def test_pack_unpack_round_trip(kind, spatial, data):
     n = payload.STREAMS[kind]
     batch = data.draw(st.integers(1, 4))
     strings = [[data.draw(st.binary(max_size=300)) for _ in range(n)] for _ in range(batch)]
-    lim = payload.Limits(max_dim=1 << 17, max_symbols=1 << 62)
+    lim = payload.Limits(max_dim=1 << 17, max_symbols=1 << 70)
     p = payload.unpack(payload.pack(kind, spatial, strings), lim)
     assert (p.kind, p.spatial, p.strings) == (kind, spatial, strings)
 
