@@ -13,6 +13,7 @@ import torch
 
 import bottlenecks
 import splitter
+from tests._models import BatchInt
 from splitter.errors import BottleneckError, CutError
 
 LOSSLESS = ["identity", "crbq", "entropy", "hyperprior"]
@@ -114,21 +115,9 @@ def test_registry_has_every_kind():
     assert set(LOSSLESS + LOSSY) <= set(bottlenecks.REGISTRY)
 
 
-class _BatchInt(torch.nn.Module):
-    """``B = x.shape[0]`` read after the cut: the tail takes it from the symbols on the wire."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
-
-    def forward(self, x):
-        b = x.shape[0]
-        return self.body(self.stem(x)).reshape(b, -1)
-
-
 def test_bottleneck_at_cut_with_batch_sized_python_value():
-    m = _BatchInt().eval()
+    # B = x.shape[0] is read after the cut: the tail takes it from the symbols on the wire.
+    m = BatchInt().eval()
     s = splitter.split(m, "stem", bottleneck="crbq", channels=4, input_shape=(3, 16, 16))
     for batch in (1, 3):  # nothing batch-sized is baked into the tail
         x = torch.randn(batch, 3, 16, 16)

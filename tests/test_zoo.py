@@ -15,6 +15,7 @@ import timm
 import torch
 
 import splitter
+from tests._models import BatchInt
 from splitter.errors import InputShapeError, UnknownLayerError
 
 S64 = (3, 64, 64)
@@ -194,22 +195,8 @@ def test_shape_ints_across_a_cut_are_recreated_and_guarded():
             s.tail(s.head(torch.randn(1, 3, 96, 96)))  # the tail guards its wire too
 
 
-class _BatchInt(torch.nn.Module):
-    """``B = x.shape[0]`` read after the cut: the tail must take it from the wire."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
-
-    def forward(self, x):
-        b = x.shape[0]
-        y = self.body(self.stem(x))
-        return y.reshape(b, -1)
-
-
 def test_batch_int_across_a_cut_is_read_off_the_wire():
-    m = _BatchInt().eval()
+    m = BatchInt().eval()
     g = splitter.trace(m, (3, 8, 8))
     c = g.cut("stem")
     assert [(s.how, s.value) for s in c.scalars] == [("size", (0, 0))]
