@@ -10,7 +10,7 @@ import sys
 
 from splitter.errors import SplitterError
 
-COMMANDS = ["points", "split", "sweep", "fit", "eval", "export", "encode", "serve", "demo"]
+COMMANDS = ["points", "split", "sweep", "fit", "eval", "encode", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
