@@ -16,10 +16,10 @@ _done = False
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     # (B, H, L, E) @ (B, H, E, S) then (B, H, L, S) @ (B, H, S, Ev): two batched matmuls.
-    b, h, l, e = query_shape
+    b, h, length, e = query_shape
     s = key_shape[-2]
     ev = value_shape[-1]
-    return 2 * b * h * l * s * e + 2 * b * h * l * s * ev
+    return 2 * b * h * length * s * e + 2 * b * h * length * s * ev
 
 
 def register_attention_flops() -> None:

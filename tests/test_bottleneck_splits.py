@@ -13,8 +13,8 @@ import torch
 
 import bottlenecks
 import splitter
-from tests._models import BatchInt
 from splitter.errors import BottleneckError, CutError
+from tests._models import BatchInt
 
 LOSSLESS = ["identity", "crbq", "entropy", "hyperprior"]
 LOSSY = ["jpeg", "webp"]  # the codec is lossy inside compress; the server must match in-process coding

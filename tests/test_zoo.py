@@ -15,8 +15,8 @@ import timm
 import torch
 
 import splitter
-from tests._models import BatchInt
 from splitter.errors import InputShapeError, UnknownLayerError
+from tests._models import BatchInt
 
 S64 = (3, 64, 64)
 V64 = {"img_size": 64}  # models with a fixed input size are rebuilt for 64x64
