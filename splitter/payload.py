@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from splitter.errors import PayloadError
 
 __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack", "unpack",
-           "header_size"]
+           "header_size", "encode_symbols", "decode_strings"]
 
 MAGIC = b"SP"
 VERSION = 1
@@ -179,3 +179,19 @@ def unpack(data: bytes, limits: Limits | None = None, *, kind: str | None = None
     if r.pos != len(data):
         raise PayloadError(f"{len(data) - r.pos} trailing bytes after the last string")
     return Payload(got, spatial, strings)
+
+
+def encode_symbols(bottleneck, symbols) -> bytes:
+    """Device side: entropy-code a batch of symbols with ``bottleneck`` and frame them."""
+    return pack(bottleneck.kind, bottleneck.spatial(symbols), bottleneck.compress(symbols))
+
+
+def decode_strings(bottleneck, p: Payload):
+    """Server side: a validated payload's strings -> symbols; any decoder failure on these
+    untrusted bytes is reported as :class:`PayloadError`."""
+    try:
+        return bottleneck.decompress(p.strings, p.spatial)
+    except PayloadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the payload is at fault
+        raise PayloadError(f"payload strings do not decode: {type(e).__name__}: {e}") from e

@@ -191,9 +191,8 @@ class Device:
     def encode(self, x: torch.Tensor | np.ndarray) -> bytes:
         """Image batch -> payload bytes (head, entropy coding, framing)."""
         symbols = self.symbols(x)
-        bn = self.bottleneck
         with torch.no_grad():
-            return payload.pack(self.kind, bn.spatial(symbols), bn.compress(symbols))
+            return payload.encode_symbols(self.bottleneck, symbols)
 
     def preprocess(self, image) -> np.ndarray:
         """An image file or PIL image -> ``(C, H, W)`` float32 with the model's preprocessing."""
@@ -226,13 +225,8 @@ class Server:
         p = payload.unpack(data, self.limits, kind=self.kind)
         if p.spatial != self._spatial:
             raise PayloadError(f"payload symbol dims {p.spatial} are not this bundle's {self._spatial}")
-        try:
-            with torch.no_grad():
-                symbols = self.bottleneck.decompress(p.strings, p.spatial)
-        except PayloadError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is the payload's
-            raise PayloadError(f"payload strings do not decode: {type(e).__name__}: {e}") from e
+        with torch.no_grad():
+            symbols = payload.decode_strings(self.bottleneck, p)
         if tuple(symbols.shape) != (p.batch, *self._shape):
             raise PayloadError(f"payload decodes to {tuple(symbols.shape)}, not (B, *{self._shape})")
         return symbols.to(self._dtype)

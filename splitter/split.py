@@ -99,8 +99,7 @@ class Split(nn.Module):
             x = x.unsqueeze(0)
         self.graph.check_input(x)
         with torch.no_grad():
-            symbols = self.head(x)
-        return payload.pack(bn.kind, bn.spatial(symbols), bn.compress(symbols))
+            return payload.encode_symbols(bn, self.head(x))
 
     def decode_symbols(self, data: bytes, limits: payload.Limits | None = None) -> torch.Tensor:
         """Server side, first half: validate the payload and entropy-decode it to symbols."""
@@ -110,13 +109,8 @@ class Split(nn.Module):
         if len(p.spatial) != len(expected) or (expected and p.spatial[0] != expected[0]):
             raise PayloadError(f"payload symbol dims {p.spatial} do not fit this bottleneck "
                                f"(expects {expected})")
-        try:
-            # Same dtype as the head's symbols, so the tail computes exactly what it would in-process.
-            return bn.decompress(p.strings, p.spatial).to(self._symbol_dtype)
-        except PayloadError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is the payload's
-            raise PayloadError(f"payload strings do not decode: {type(e).__name__}: {e}") from e
+        # Same dtype as the head's symbols, so the tail computes exactly what it would in-process.
+        return payload.decode_strings(bn, p).to(self._symbol_dtype)
 
     def decode(self, data: bytes, limits: payload.Limits | None = None) -> Any:
         """Server side: payload bytes -> model output for every sample in it."""
