@@ -4,17 +4,23 @@
 
     offset  size        field
     0       2           magic  b"SP"
-    2       1           version (1)
-    3       1           kind id (see KIND_IDS)
+    2       1           version (2)
+    3       1           kind id (see KIND_IDS), plus SHORT (0x80) for the short form
+    long form:
     4       varint      batch size B            (1 .. limits.max_batch)
     .       1           D, number of symbol dims (0 .. 4)
     .       D varints   symbol dims per sample   (each 1 .. limits.max_dim)
     then, for each of the B samples, for each of the kind's S streams:
     .       varint      length L                 (0 .. limits.max_string)
     .       L           the coded string
+    short form (one sample whose symbol dims are the ones the receiver expects):
+    4       for each stream but the last: varint length L, then L bytes of string
+    .       the last stream's string: every byte up to the end of the payload
 
 Varints are unsigned LEB128 (7 bits a byte, at most 5 bytes). The header of a one-sample
-payload is 6 + D + Σ len(varint(dim)) + len(varint(L)) bytes: 11 for a 24×56×56 latent.
+long-form payload is 6 + D + Σ len(varint(dim)) + len(varint(L)) bytes: 11 for a 24×56×56
+latent. The short form, which :func:`encode_symbols` writes whenever it can, is 4 bytes
+(plus a length varint per extra stream); the receiver supplies the dims it was built for.
 
 The server treats a payload as untrusted: :func:`unpack` checks every field against
 :class:`Limits` and against the bytes actually present *before* slicing anything, returns
@@ -34,7 +40,8 @@ __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack
            "header_size", "encode_symbols", "decode_strings"]
 
 MAGIC = b"SP"
-VERSION = 1
+VERSION = 2
+SHORT = 0x80  # kind-byte flag: one sample, the receiver's dims, last string runs to the end
 KIND_IDS = {"identity": 1, "crbq": 2, "entropy": 3, "hyperprior": 4, "jpeg": 5, "webp": 6}
 KIND_NAMES = {v: k for k, v in KIND_IDS.items()}
 STREAMS = {"identity": 1, "crbq": 1, "entropy": 1, "hyperprior": 2, "jpeg": 1, "webp": 1}
@@ -76,26 +83,39 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def pack(kind: str, spatial: tuple[int, ...], strings: list[list[bytes]]) -> bytes:
-    """Frame ``strings[sample][stream]`` with the header. ``spatial``: symbol dims per sample."""
+def pack(kind: str, spatial: tuple[int, ...], strings: list[list[bytes]], *,
+         expected: tuple[int, ...] | None = None) -> bytes:
+    """Frame ``strings[sample][stream]`` with the header. ``spatial``: symbol dims per sample.
+
+    ``expected``: the dims the receiver was built for. A single sample with exactly those
+    dims is written in the short form, which leaves them (and its last length) out.
+    """
     if kind not in KIND_IDS:
         raise ValueError(f"unknown payload kind {kind!r}")
     if len(spatial) > MAX_DIMS:
         raise ValueError(f"at most {MAX_DIMS} symbol dims, got {spatial}")
     n = STREAMS[kind]
-    parts = [MAGIC, bytes([VERSION, KIND_IDS[kind]]), _varint(len(strings)), bytes([len(spatial)])]
-    parts += [_varint(int(d)) for d in spatial]
     for i, sample in enumerate(strings):
         if len(sample) != n:
             raise ValueError(f"sample {i}: kind {kind} has {n} streams, got {len(sample)}")
+    spatial = tuple(int(d) for d in spatial)
+    if len(strings) == 1 and expected is not None and spatial == tuple(expected):
+        *framed, last = strings[0]
+        parts = [MAGIC, bytes([VERSION, KIND_IDS[kind] | SHORT])]
+        for s in framed:
+            parts += [_varint(len(s)), bytes(s)]
+        return b"".join([*parts, bytes(last)])
+    parts = [MAGIC, bytes([VERSION, KIND_IDS[kind]]), _varint(len(strings)), bytes([len(spatial)])]
+    parts += [_varint(d) for d in spatial]
+    for sample in strings:
         for s in sample:
             parts += [_varint(len(s)), bytes(s)]
     return b"".join(parts)
 
 
-def header_size(data: bytes) -> int:
+def header_size(data: bytes, expected: tuple[int, ...] | None = None) -> int:
     """Bytes of ``data`` that are framing (everything but the coded strings)."""
-    p = unpack(data)
+    p = unpack(data, expected=expected)
     return len(data) - sum(len(s) for sample in p.strings for s in sample)
 
 
@@ -131,8 +151,13 @@ class _Reader:
         return s
 
 
-def unpack(data: bytes, limits: Limits | None = None, *, kind: str | None = None) -> Payload:
-    """Parse and validate a payload; ``kind`` (when given) must match the header's kind."""
+def unpack(data: bytes, limits: Limits | None = None, *, kind: str | None = None,
+           expected: tuple[int, ...] | None = None) -> Payload:
+    """Parse and validate a payload; ``kind`` (when given) must match the header's kind.
+
+    ``expected``: the symbol dims this receiver was built for; a short-form payload, which
+    leaves its dims out, has exactly these (and cannot be read without them).
+    """
     lim = limits or Limits()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
@@ -145,11 +170,14 @@ def unpack(data: bytes, limits: Limits | None = None, *, kind: str | None = None
     if version != VERSION:
         raise PayloadError(f"payload version {version} is not supported (this build reads {VERSION})")
     kid = r.byte("kind")
+    short, kid = bool(kid & SHORT), kid & ~SHORT
     if kid not in KIND_NAMES:
         raise PayloadError(f"unknown payload kind id {kid}")
     got = KIND_NAMES[kid]
     if kind is not None and got != kind:
         raise PayloadError(f"payload is for a {got!r} bottleneck, this server decodes {kind!r}")
+    if short:
+        return _unpack_short(r, got, expected, lim)
     batch = r.varint("batch", lim.max_batch)
     if batch == 0:
         raise PayloadError("payload holds no sample")
@@ -181,9 +209,26 @@ def unpack(data: bytes, limits: Limits | None = None, *, kind: str | None = None
     return Payload(got, spatial, strings)
 
 
-def encode_symbols(bottleneck, symbols) -> bytes:
-    """Device side: entropy-code a batch of symbols with ``bottleneck`` and frame them."""
-    return pack(bottleneck.kind, bottleneck.spatial(symbols), bottleneck.compress(symbols))
+def _unpack_short(r: _Reader, kind: str, expected: tuple[int, ...] | None, lim: Limits) -> Payload:
+    if expected is None:
+        raise PayloadError("short-form payload leaves its symbol dims out; decode it with the "
+                           "split or bundle it was made for")
+    *framed, last = range(STREAMS[kind])
+    sample = [r.take(r.varint(f"length of stream {j}", lim.max_string), f"stream {j}") for j in framed]
+    rest = len(r.data) - r.pos
+    if rest > lim.max_string:
+        raise PayloadError(f"length of stream {last} = {rest} exceeds the limit {lim.max_string}")
+    sample.append(r.take(rest, f"stream {last}"))
+    return Payload(kind, tuple(expected), [sample])
+
+
+def encode_symbols(bottleneck, symbols, expected: tuple[int, ...] | None = None) -> bytes:
+    """Device side: entropy-code a batch of symbols with ``bottleneck`` and frame them.
+
+    ``expected``: the symbol dims the server was built for (short form when they match).
+    """
+    return pack(bottleneck.kind, bottleneck.spatial(symbols), bottleneck.compress(symbols),
+                expected=expected)
 
 
 def decode_strings(bottleneck, p: Payload):

@@ -192,7 +192,7 @@ class Device:
         """Image batch -> payload bytes (head, entropy coding, framing)."""
         symbols = self.symbols(x)
         with torch.no_grad():
-            return payload.encode_symbols(self.bottleneck, symbols)
+            return payload.encode_symbols(self.bottleneck, symbols, tuple(self.manifest.symbols.spatial))
 
     def preprocess(self, image) -> np.ndarray:
         """An image file or PIL image -> ``(C, H, W)`` float32 with the model's preprocessing."""
@@ -222,7 +222,7 @@ class Server:
 
     def decode_symbols(self, data: bytes) -> torch.Tensor:
         """Validate the payload and entropy-decode it; :class:`PayloadError` on anything wrong."""
-        p = payload.unpack(data, self.limits, kind=self.kind)
+        p = payload.unpack(data, self.limits, kind=self.kind, expected=self._spatial)
         if p.spatial != self._spatial:
             raise PayloadError(f"payload symbol dims {p.spatial} are not this bundle's {self._spatial}")
         with torch.no_grad():

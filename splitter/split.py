@@ -98,14 +98,15 @@ class Split(nn.Module):
         if isinstance(x, torch.Tensor) and x.dim() == len(self.graph.input_shape):
             x = x.unsqueeze(0)
         self.graph.check_input(x)
+        expected = self._expected_spatial()
         with torch.no_grad():
-            return payload.encode_symbols(bn, self.head(x))
+            return payload.encode_symbols(bn, self.head(x), expected)
 
     def decode_symbols(self, data: bytes, limits: payload.Limits | None = None) -> torch.Tensor:
         """Server side, first half: validate the payload and entropy-decode it to symbols."""
         bn = self._bottleneck_or_raise()
-        p = payload.unpack(data, limits, kind=bn.kind)
         expected = self._expected_spatial()
+        p = payload.unpack(data, limits, kind=bn.kind, expected=expected)
         if len(p.spatial) != len(expected) or (expected and p.spatial[0] != expected[0]):
             raise PayloadError(f"payload symbol dims {p.spatial} do not fit this bottleneck "
                                f"(expects {expected})")

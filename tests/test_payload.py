@@ -36,7 +36,14 @@ def identity_split():
 
 @pytest.fixture(scope="module")
 def good(identity_split):
-    return identity_split.encode(torch.randn(2, 3, 16, 16))
+    return identity_split.encode(torch.randn(2, 3, 16, 16))  # two samples: the long form
+
+
+@pytest.fixture(scope="module")
+def good_one(identity_split):
+    data = identity_split.encode(torch.randn(1, 3, 16, 16))  # one sample: the short form
+    assert data[3] & payload.SHORT
+    return data
 
 
 # -- framing -------------------------------------------------------------------------------
@@ -54,6 +61,11 @@ def test_pack_unpack_round_trip(kind, spatial, data):
     lim = payload.Limits(max_dim=1 << 17, max_symbols=1 << 70)
     p = payload.unpack(payload.pack(kind, spatial, strings), lim)
     assert (p.kind, p.spatial, p.strings) == (kind, spatial, strings)
+    # The receiver's dims: one sample goes short, anything else stays long; both read back.
+    data = payload.pack(kind, spatial, strings, expected=spatial)
+    assert bool(data[3] & payload.SHORT) == (batch == 1)
+    p = payload.unpack(data, lim, expected=spatial)
+    assert (p.kind, p.spatial, p.strings) == (kind, spatial, strings)
 
 
 def test_header_is_small():
@@ -61,6 +73,23 @@ def test_header_is_small():
     data = payload.pack("entropy", (24, 56, 56), [[b"x" * 1000]])
     assert payload.header_size(data) == 11
     assert payload.header_size(payload.pack("hyperprior", (192, 16, 16), [[b"a" * 900, b"b" * 60]])) <= 16
+    # Short form, when the receiver knows the dims: magic, version, kind; hyperprior adds
+    # the y length (2 bytes for 900).
+    dims = (24, 56, 56)
+    short = payload.pack("entropy", dims, [[b"x" * 1000]], expected=dims)
+    assert payload.header_size(short, expected=dims) == 4 and len(short) == 1004
+    short = payload.pack("hyperprior", dims, [[b"a" * 900, b"b" * 60]], expected=dims)
+    assert payload.header_size(short, expected=dims) == 6
+    # Other dims than the receiver's: the long form, which says them.
+    assert not payload.pack("entropy", dims, [[b"x"]], expected=(24, 28, 28))[3] & payload.SHORT
+
+
+def test_short_form_needs_the_receivers_dims():
+    data = payload.pack("entropy", (8, 4, 4), [[b"xyz"]], expected=(8, 4, 4))
+    with pytest.raises(PayloadError, match="leaves its symbol dims out"):
+        payload.unpack(data)
+    with pytest.raises(PayloadError, match="exceeds the limit"):
+        payload.unpack(data, payload.Limits(max_string=2), expected=(8, 4, 4))
 
 
 def test_identity_round_trip_is_exact(identity_split):
@@ -68,6 +97,7 @@ def test_identity_round_trip_is_exact(identity_split):
     with torch.no_grad():
         assert torch.equal(identity_split.decode(identity_split.encode(x)), identity_split(x))
         one = identity_split.decode(identity_split.encode(x[0]))  # a single sample works too
+        assert torch.equal(one, identity_split(x[:1]))
     assert one.shape == (1, 10)
 
 
@@ -92,6 +122,13 @@ def test_trailing_bytes(identity_split, good, extra):
     _must_reject(identity_split, good + extra)
 
 
+@given(cut=st.integers(0, 10_000), extra=st.binary(min_size=1, max_size=64))
+@settings(FUZZ, max_examples=1000)
+def test_short_form_truncated_or_extended(identity_split, good_one, cut, extra):
+    _must_reject(identity_split, good_one[: cut % len(good_one)])
+    _must_reject(identity_split, good_one + extra)
+
+
 @given(junk=st.binary(max_size=512))
 @settings(FUZZ, max_examples=3000)
 def test_foreign_bytes(identity_split, junk):
@@ -105,6 +142,14 @@ def test_foreign_bytes(identity_split, junk):
 def test_bit_flip_in_header_or_lengths(identity_split, good, pos, bit):
     # Every header byte and the first length field: a flip must be detected.
     flipped = bytearray(good)
+    flipped[pos] ^= 1 << bit
+    _must_reject(identity_split, bytes(flipped))
+
+
+@given(pos=st.integers(0, 3), bit=st.integers(0, 7))
+@settings(FUZZ, max_examples=500)
+def test_bit_flip_in_short_header(identity_split, good_one, pos, bit):
+    flipped = bytearray(good_one)
     flipped[pos] ^= 1 << bit
     _must_reject(identity_split, bytes(flipped))
 
