@@ -308,6 +308,8 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
                 print(f"  payload {c.payload_bytes:.1f} B; no JPEG/WebP setting reaches that accuracy")
             print(f"  payload {c.payload_bytes:.1f} B vs raw digit {RAW_DIGIT_BYTES} B "
                   f"{'ok' if c.under_raw else 'MISSED'} (< 32)")
-        print(f"\nplot: {plot}\ntotal {result.seconds:.0f} s")
+        met = [c.setting for c in criteria if c.passed]
+        print(f"\nall three targets: {'met by ' + ', '.join(met) if met else 'MISSED by every setting'}")
+        print(f"plot: {plot}\ntotal {result.seconds:.0f} s")
     return result
 

@@ -13,6 +13,7 @@ import torch
 
 import bottlenecks
 import splitter
+from splitter import payload
 from splitter.errors import BottleneckError, CutError
 from tests._models import BatchInt
 
@@ -45,22 +46,25 @@ def _options(kind: str) -> dict:
 @pytest.mark.parametrize("kind", LOSSLESS + LOSSY)
 def test_payload_reproduces_in_process_pass(traced, kind):
     graph, cuts = traced
-    x = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(1))
+    x2 = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(1))
     for at in cuts:
         s = splitter.split(graph, at, bottleneck=kind, **_options(kind))
         s.bottleneck.update()
-        data = s.encode(x)
-        with torch.no_grad():
-            symbols = s.head(x)
-            if kind in LOSSY:  # what an in-process pass through the codec gives
-                coded = s.bottleneck.decompress(s.bottleneck.compress(symbols), s.bottleneck.spatial(symbols))
-                expected = s.tail(coded)
-            else:
-                assert torch.equal(s.decode_symbols(data), symbols), (kind, at)
-                expected = s(x)
-            out = s.decode(data)
-        assert out.shape == (2, 1000)
-        assert torch.equal(out, expected), (kind, at)
+        for x in (x2, x2[:1]):  # the long form, and one sample in the short form
+            data = s.encode(x)
+            assert bool(data[3] & payload.SHORT) == (len(x) == 1)
+            with torch.no_grad():
+                symbols = s.head(x)
+                if kind in LOSSY:  # what an in-process pass through the codec gives
+                    coded = s.bottleneck.decompress(s.bottleneck.compress(symbols),
+                                                    s.bottleneck.spatial(symbols))
+                    expected = s.tail(coded)
+                else:
+                    assert torch.equal(s.decode_symbols(data), symbols), (kind, at)
+                    expected = s(x)
+                out = s.decode(data)
+            assert out.shape == (len(x), 1000)
+            assert torch.equal(out, expected), (kind, at, len(x))
 
 
 def test_insert_keeps_original_head_layers(traced):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from splitter.demo import RAW_DIGIT_BYTES, run_demo
 
 
@@ -27,3 +29,13 @@ def test_quick_demo_end_to_end(tmp_path):
     # the teacher is cached after the first run
     assert list((tmp_path / "cache").glob("digits_test_resnet_*.safetensors"))
 
+
+
+@pytest.mark.slow
+def test_full_demo_meets_the_targets(tmp_path):
+    """The README's claim, from a fresh cache: an entropy bottleneck within 1.5 points of the
+    teacher, at most a quarter of the smallest JPEG/WebP file as accurate, under 32 bytes."""
+    r = run_demo(str(tmp_path / "out"), cache=tmp_path / "cache", progress=False, quiet=True)
+    best = r.criteria[0]  # beta = 0.005, the most accurate rate
+    assert best.passed, best
+    assert best.payload_bytes * 4 <= best.smallest_codec_bytes

@@ -219,5 +219,7 @@ def test_other_kinds_export_and_match_the_split_s_own_coder(tmp_path, kind):
     assert p.coder_lossless == (kind == "hyperprior")  # image codecs are lossy inside compress
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     data = s.encode(x)  # bytes from the in-process split decode on the bundle's server too
+    one = s.encode(x[:1])  # short form: the split and the bundle agree on the symbol dims
     with torch.no_grad():
         assert torch.equal(b.server(threads=1).decode(data).argmax(1), s.decode(data).argmax(1))
+        assert torch.equal(b.server(threads=1).decode(one).argmax(1), s.decode(one).argmax(1))
