@@ -26,14 +26,17 @@ they trust their input:
 So every kind with an entropy model goes through :func:`encode` / :func:`decode`, which
 
 1. bound the symbols (``|s| <= limit``) before the encoder sees them;
-2. pad a stream to at least :data:`MIN_SYMBOLS` symbols;
+2. hand the C++ coder only streams of more than ``SMALL_STREAM`` symbols, so its buffer
+   overrun for fewer than 6 cannot occur;
 3. check a string's length against what ``n`` symbols can possibly cost, then decode
-   from a zero-padded copy long enough for any bit pattern (bound in :func:`_pad_for`),
-   so reads stay inside memory we own and time is O(n + len(string));
+   (the C++ coder from a zero-padded copy long enough for any bit pattern, bound in
+   :func:`_pad_for`), so reads stay inside memory we own and time is O(n + len(string));
 4. range-check the decoded symbols and re-encode them: a string that does not re-encode
    to itself byte for byte was not written by :func:`encode`, and is rejected.
 
-Any malformed string therefore raises ``ValueError``; nothing crashes or hangs.
+Any string therefore either raises ``ValueError`` or decodes to in-range symbols whose
+encoding it is; nothing crashes or hangs. (The byte-wise coder has no redundancy, so many
+corrupted strings are valid encodings of other symbols: integrity is the transport's job.)
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from compressai import ans
 __all__ = ["SYMBOL_LIMIT", "SMALL_STREAM", "Tables", "encode", "decode", "resize_tables_on_load"]
 
 SYMBOL_LIMIT = 2**15  # |latent symbol| bound: escapes then need <= 5 nibbles
-MIN_SYMBOLS = 8  # the encoder's output buffer holds n words; n/2 + 3 fit from n = 6
 SMALL_STREAM = 4096  # streams of at most this many symbols use the byte-wise coder
 
 _PREC = 16  # CompressAI's entropy_coder_precision: every table row sums to 2**16
@@ -84,14 +86,6 @@ class Tables:
             cached = (key, cls(rows, lengths, offsets.reshape(-1).tolist()))
             model.__dict__["_coder_tables"] = cached
         return cached[1]
-
-
-def _padded(symbols: list[int], indexes: list[int], tables: Tables) -> tuple[list[int], list[int]]:
-    extra = MIN_SYMBOLS - len(indexes)
-    if extra <= 0:
-        return symbols, indexes
-    i = indexes[0] if indexes else 0
-    return symbols + [tables.offsets[i]] * extra, indexes + [i] * extra
 
 
 # -- the byte-wise coder for short streams ---------------------------------------------------
@@ -166,6 +160,14 @@ def _small_decode(data: bytes, indexes: list[int], tables: Tables) -> list[int]:
     return out
 
 
+def _encode_lists(symbols: list[int], indexes: list[int], tables: Tables) -> bytes:
+    """The one place that picks the coder: by the symbol count, which both sides know."""
+    if len(indexes) <= SMALL_STREAM:
+        return _small_encode(symbols, indexes, tables)
+    return ans.RansEncoder().encode_with_indexes(symbols, indexes, tables.cdf, tables.lengths,
+                                                 tables.offsets)
+
+
 def encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: Tables,
            limit: int = SYMBOL_LIMIT) -> bytes:
     """Integer symbols ``(n,)`` coded with table ``indexes[k]`` each -> one rANS string."""
@@ -173,11 +175,7 @@ def encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: Tables,
     if s.numel() and int(s.abs().max()) > limit:
         raise ValueError(f"symbol magnitude {int(s.abs().max())} exceeds the coder limit {limit}; "
                          f"the latent is out of range (check the bottleneck's input scale)")
-    if s.numel() <= SMALL_STREAM:
-        return _small_encode(s.tolist(), indexes.reshape(-1).to(torch.int64).tolist(), tables)
-    sym, idx = _padded(s.tolist(), indexes.reshape(-1).to(torch.int64).tolist(), tables)
-    return ans.RansEncoder().encode_with_indexes(sym, idx, tables.cdf, tables.lengths,
-                                                 tables.offsets)
+    return _encode_lists(s.tolist(), indexes.reshape(-1).to(torch.int64).tolist(), tables)
 
 
 def max_string_bytes(n: int) -> int:
@@ -187,9 +185,7 @@ def max_string_bytes(n: int) -> int:
     6 nibbles (count + 5 raw nibbles for |s| < 2**18); the flush adds two words (the
     byte-wise coder: at most 4 bytes).
     """
-    if n <= SMALL_STREAM:
-        return 5 * n + 4
-    return 5 * max(n, MIN_SYMBOLS) + 16
+    return 5 * n + (4 if n <= SMALL_STREAM else 16)
 
 
 def _pad_for(n: int, nbytes: int) -> int:
@@ -200,7 +196,7 @@ def _pad_for(n: int, nbytes: int) -> int:
     it), each adding 15 raw nibbles to read. Over ``n`` symbols and ``B`` input bytes that
     is < 92n + 17B + 8 bytes; 128 per symbol and 24 per byte leave a margin.
     """
-    return 24 * nbytes + 128 * max(n, MIN_SYMBOLS) + 64
+    return 24 * nbytes + 128 * n + 64
 
 
 def decode(string: bytes, indexes: torch.Tensor, tables: Tables,
@@ -212,32 +208,21 @@ def decode(string: bytes, indexes: torch.Tensor, tables: Tables,
     idx = indexes.reshape(-1).to(torch.int64).tolist()
     n = len(idx)
     if n <= SMALL_STREAM:
-        return _checked_small(string, idx, tables, limit)
-    if len(string) < 8 or len(string) % 4 or len(string) > max_string_bytes(n):
-        raise ValueError(f"rANS string of {len(string)} bytes cannot hold {n} symbols "
-                         f"(valid: a multiple of 4 in [8, {max_string_bytes(n)}])")
-    pad_idx = _padded([], idx, tables)[1] if n < MIN_SYMBOLS else idx
-    values = ans.RansDecoder().decode_with_indexes(string + bytes(_pad_for(n, len(string))),
-                                                   pad_idx, tables.cdf, tables.lengths,
-                                                   tables.offsets)
-    out = torch.tensor(values[:n], dtype=torch.int64)
-    if (n and int(out.abs().max()) > limit) or values[n:] != [tables.offsets[i] for i in pad_idx[n:]]:
-        raise ValueError("corrupted rANS string: decoded symbols out of range")
-    again = ans.RansEncoder().encode_with_indexes(values, pad_idx, tables.cdf, tables.lengths,
-                                                  tables.offsets)
-    if again != string:
-        raise ValueError("corrupted rANS string: it does not re-encode to itself")
-    return out.to(torch.int32)
-
-
-def _checked_small(string: bytes, idx: list[int], tables: Tables, limit: int) -> torch.Tensor:
-    if len(string) > max_string_bytes(len(idx)):
-        raise ValueError(f"rANS string of {len(string)} bytes cannot hold {len(idx)} symbols "
-                         f"(at most {max_string_bytes(len(idx))})")
-    values = _small_decode(string, idx, tables)
+        if len(string) > max_string_bytes(n):
+            raise ValueError(f"rANS string of {len(string)} bytes cannot hold {n} symbols "
+                             f"(at most {max_string_bytes(n)})")
+        values = _small_decode(string, idx, tables)
+    else:
+        if len(string) < 8 or len(string) % 4 or len(string) > max_string_bytes(n):
+            raise ValueError(f"rANS string of {len(string)} bytes cannot hold {n} symbols "
+                             f"(valid: a multiple of 4 in [8, {max_string_bytes(n)}])")
+        values = ans.RansDecoder().decode_with_indexes(string + bytes(_pad_for(n, len(string))),
+                                                       idx, tables.cdf, tables.lengths,
+                                                       tables.offsets)
+    # Range first: CompressAI's encoder would loop on an out-of-range escape.
     if values and max(map(abs, values)) > limit:
         raise ValueError("corrupted rANS string: decoded symbols out of range")
-    if _small_encode(values, idx, tables) != string:
+    if _encode_lists(values, idx, tables) != string:
         raise ValueError("corrupted rANS string: it does not re-encode to itself")
     return torch.tensor(values, dtype=torch.int32)
 
