@@ -174,6 +174,7 @@ class Device:
         self._sess = _session(bundle.read("head.onnx"), "head.onnx", threads)
         self.bottleneck = load_bottleneck(m.bottleneck, bundle.read("tables.safetensors"))
         self.kind = m.bottleneck.kind
+        self._spatial = tuple(m.symbols.spatial)  # the server's too: one sample goes short form
 
     def symbols(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``(B, C, H, W)`` or ``(C, H, W)`` float -> symbols ``(B, *S)`` from head.onnx."""
@@ -192,7 +193,7 @@ class Device:
         """Image batch -> payload bytes (head, entropy coding, framing)."""
         symbols = self.symbols(x)
         with torch.no_grad():
-            return payload.encode_symbols(self.bottleneck, symbols, tuple(self.manifest.symbols.spatial))
+            return payload.encode_symbols(self.bottleneck, symbols, self._spatial)
 
     def preprocess(self, image) -> np.ndarray:
         """An image file or PIL image -> ``(C, H, W)`` float32 with the model's preprocessing."""

@@ -315,7 +315,7 @@ def test_rans_wrapper_rejects_what_the_coder_would_mishandle(n):
     s[-1] = 40000
     with pytest.raises(ValueError, match="coder limit"):  # the C++ encoder would loop forever
         _rans.encode(s, idx, tables)
-    s[-1] = -30000  # an escape of 4 nibbles; n = 3 is below the C++ encoder's buffer minimum
+    s[-1] = -30000  # an escape of 4 nibbles
     good = _rans.encode(s, idx, tables)
     assert torch.equal(_rans.decode(good, idx, tables), s.int())
     with pytest.raises(ValueError, match="cannot hold"):

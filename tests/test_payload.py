@@ -103,6 +103,12 @@ def test_identity_round_trip_is_exact(identity_split):
 
 # -- hostile payloads ------------------------------------------------------------------------
 
+def _flip(data: bytes, pos: int, bit: int) -> bytes:
+    flipped = bytearray(data)
+    flipped[pos] ^= 1 << bit
+    return bytes(flipped)
+
+
 def _must_reject(split, data: bytes, limits: payload.Limits | None = None) -> None:
     t0 = time.perf_counter()
     with pytest.raises(PayloadError):
@@ -141,26 +147,20 @@ def test_foreign_bytes(identity_split, junk):
 @settings(FUZZ, max_examples=2000)
 def test_bit_flip_in_header_or_lengths(identity_split, good, pos, bit):
     # Every header byte and the first length field: a flip must be detected.
-    flipped = bytearray(good)
-    flipped[pos] ^= 1 << bit
-    _must_reject(identity_split, bytes(flipped))
+    _must_reject(identity_split, _flip(good, pos, bit))
 
 
 @given(pos=st.integers(0, 3), bit=st.integers(0, 7))
 @settings(FUZZ, max_examples=500)
 def test_bit_flip_in_short_header(identity_split, good_one, pos, bit):
-    flipped = bytearray(good_one)
-    flipped[pos] ^= 1 << bit
-    _must_reject(identity_split, bytes(flipped))
+    _must_reject(identity_split, _flip(good_one, pos, bit))
 
 
 @given(pos=st.integers(0, 100_000), bit=st.integers(0, 7))
 @settings(FUZZ, max_examples=2000)
 def test_bit_flip_anywhere_never_crashes(identity_split, good, pos, bit):
-    flipped = bytearray(good)
-    flipped[pos % len(good)] ^= 1 << bit
     try:
-        out = identity_split.decode(bytes(flipped))
+        out = identity_split.decode(_flip(good, pos % len(good), bit))
     except PayloadError:
         return
     assert out.shape == (2, 10)  # a flip inside raw float data is still a valid payload
