@@ -10,8 +10,8 @@ scikit-learn's handwritten digits (trained once, then cached). Run from the repo
 import torch
 
 import splitter
-from splitter.data import digits
-from splitter.demo import INPUT_SIZE, digits_teacher
+from splitter.cli.demo_run import INPUT_SIZE, digits_teacher
+from splitter.train.data import digits
 
 torch.set_num_threads(1)
 teacher, _ = digits_teacher()  # timm test_resnet at 3x16x16, ~99 % on the test digits

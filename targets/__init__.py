@@ -1,4 +1,4 @@
-"""Emitters that turn a finished :class:`~splitter.split.Split` into deployable files.
+"""Emitters that turn a finished :class:`~splitter.compile.split.Split` into deployable files.
 
 - :mod:`targets.onnx_head`: the device head (image -> symbols) as ONNX, weights inside;
 - :mod:`targets.tail`: the server tail (symbols -> output) as ``tail.pt2`` and ``tail.onnx``;

@@ -46,7 +46,7 @@ class BottleneckSpec(BaseModel):
 
 
 def spec_of(split) -> BottleneckSpec:
-    """The spec of ``split.bottleneck`` as ``splitter._insert`` created it."""
+    """The spec of ``split.bottleneck`` as ``splitter.compile.bottleneck`` created it."""
     bn = split.bottleneck
     options = {k: v for k, v in split.options.items() if k != "layout"}
     for k, v in options.items():

@@ -13,7 +13,7 @@ import torch
 
 import bottlenecks
 import splitter
-from splitter import payload
+from splitter.deploy import payload
 from splitter.errors import BottleneckError, CutError
 from tests._models import BatchInt
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from splitter.config import FitConfig, load_config, parse_config
 from splitter.errors import ConfigError
+from splitter.train.config import FitConfig, load_config, parse_config
 
 GOOD = """\
 model: test_resnet

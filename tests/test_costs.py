@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import splitter
 from bottlenecks.base import Bottleneck, BottleneckOutput
-from splitter.costs import CostReport, cost_report, cost_table, dtype_bits, report_at
+from splitter.compile.costs import CostReport, cost_report, cost_table, dtype_bits, report_at
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ SCRIPT = textwrap.dedent("""
     from torch.utils.data import Subset
     torch.set_num_threads(1)
     import splitter
-    import splitter.checkpoint as ck
-    from splitter.data import digits
-    from splitter.fit import fit
+    import splitter.train.checkpoint as ck
+    from splitter.train.data import digits
+    from splitter.train.fit import fit
 
     writes = []
     _atomic = ck._atomic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from splitter.demo import ENTROPY_RATES, RAW_DIGIT_BYTES, run_demo
+from splitter.cli.demo_run import ENTROPY_RATES, RAW_DIGIT_BYTES, run_demo
 
 
 def test_quick_demo_end_to_end(tmp_path):

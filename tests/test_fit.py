@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from torch.utils.data import Subset
 
 import splitter
-from splitter.checkpoint import load_split, save_split, split_state
-from splitter.data import digits, digits_split
-from splitter.evaluate import codec_baseline, encode_image, evaluate_payloads
-from splitter.fit import bottleneck_parts, fit
+from splitter.explore.evaluate import codec_baseline, encode_image, evaluate_payloads
+from splitter.train.checkpoint import load_split, save_split, split_state
+from splitter.train.data import digits, digits_split
+from splitter.train.fit import bottleneck_parts, fit
 
 SHAPE = (3, 16, 16)
 
@@ -173,7 +173,7 @@ def test_digits_is_real_and_split_is_fixed():
 def test_image_folder_uses_the_models_preprocessing(tmp_path, teacher):
     from PIL import Image
 
-    from splitter.data import image_folder
+    from splitter.train.data import image_folder
 
     rng = np.random.default_rng(0)
     for cls in ("cat", "dog"):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import splitter
-from splitter import payload
+from splitter.deploy import payload
 from splitter.errors import PayloadError
 
 KINDS = sorted(payload.KIND_IDS)

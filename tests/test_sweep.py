@@ -13,10 +13,10 @@ import torch
 import passes.annotate
 import splitter
 from splitter.cli import main
-from splitter.costs import CostReport, report_at
+from splitter.compile.costs import CostReport, report_at
 from splitter.errors import ConfigError, UnknownLayerError
-from splitter.latency import LORA, LTE, Link, Machine, latency_ms
-from splitter.sweep import BottleneckSpec, SweepResult, pareto_mask
+from splitter.explore.latency import LORA, LTE, Link, Machine, latency_ms
+from splitter.explore.sweep import BottleneckSpec, SweepResult, pareto_mask
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _boom(*a, **k):
 
 
 def test_sweep_every_point_reads_prefix_sums_only(r50, monkeypatch):
-    split_module = importlib.import_module("splitter.split")  # `splitter.split` is the function
+    split_module = importlib.import_module("splitter.compile.split")  # `splitter.split` is the function
     monkeypatch.setattr(split_module, "partition", _boom)
     monkeypatch.setattr(split_module, "split", _boom)
     monkeypatch.setattr(passes.annotate.Annotate, "run_node", _boom)

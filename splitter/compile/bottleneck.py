@@ -1,4 +1,4 @@
-"""Build a bottlenecked :class:`~splitter.split.Split`: validate options, create the
+"""Build a bottlenecked :class:`~splitter.compile.split.Split`: validate options, create the
 bottleneck, run the insert pass, re-annotate, partition at the symbols."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from passes.annotate import AnnotatePass, annotate_node
 from passes.cuts import CutPoint, find_cut_points
 from passes.insert import InsertBottleneck
 from passes.partition import partition
+from splitter.compile.trace import Graph
 from splitter.errors import BottleneckError, CutError, closest
-from splitter.trace import Graph
 
 __all__ = ["build_bottleneck_split"]
 
@@ -49,7 +49,7 @@ def _single_tensor_names(graph: Graph) -> list[str]:
 
 def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: str | nn.Module, *,
                            mode: str, options: dict[str, Any]):
-    from splitter.split import Split
+    from splitter.compile.split import Split
 
     if mode not in ("insert", "replace"):
         raise BottleneckError(f"mode must be 'insert' or 'replace', not {mode!r}")

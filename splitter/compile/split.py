@@ -20,9 +20,9 @@ from torch import nn
 
 from passes.cuts import CutPoint
 from passes.partition import partition
-from splitter import payload
+from splitter.compile.trace import Graph, trace
+from splitter.deploy import payload
 from splitter.errors import CutError, PayloadError
-from splitter.trace import Graph, trace
 
 __all__ = ["Split", "split"]
 
@@ -129,9 +129,9 @@ class Split(nn.Module):
 
     @property
     def costs(self):
-        """The split's :class:`~splitter.costs.CostReport` (computed once, on first use)."""
+        """The split's :class:`~splitter.compile.costs.CostReport` (computed once, on first use)."""
         if self._costs is None:
-            from splitter.costs import cost_report
+            from splitter.compile.costs import cost_report
 
             self._costs = cost_report(self)
         return self._costs
@@ -169,6 +169,6 @@ def split(
             raise CutError(f"options {sorted(options)} need a bottleneck=; a plain split takes none")
         head, tail = partition(graph.gm, cut)
         return Split(graph, cut, head, tail, mode="plain")
-    from splitter._insert import build_bottleneck_split
+    from splitter.compile.bottleneck import build_bottleneck_split
 
     return build_bottleneck_split(graph, cut, bottleneck, mode=mode, options=options)

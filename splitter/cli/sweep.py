@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from splitter.commands._common import add_model_args, trace_from_args
+from splitter.cli._common import add_model_args, trace_from_args
 from splitter.errors import ConfigError
 
 HELP = "cost every split point (plain and with bottlenecks), predict latency, plot the trade-offs"
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _conditions(args: argparse.Namespace):
-    from splitter.latency import DEVICE, LINKS, LTE, SERVER, Link, Machine
+    from splitter.explore.latency import DEVICE, LINKS, LTE, SERVER, Link, Machine
 
     link = LINKS[args.link] if args.link else LTE
     if args.bandwidth is not None:
@@ -48,7 +48,7 @@ def _conditions(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitter.sweep import BottleneckSpec, sweep
+    from splitter.explore.sweep import BottleneckSpec, sweep
 
     link, device, server = _conditions(args)
     specs = [BottleneckSpec.parse(b) for b in args.bottleneck]  # bad specs fail before tracing

@@ -8,7 +8,7 @@ HELP = "serve a bundle: POST payload bytes to /v1/infer, get the top-k classes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from splitter.serve import DEFAULT_MAX_BYTES
+    from splitter.deploy.serve import DEFAULT_MAX_BYTES
 
     p.add_argument("bundle", help="directory written by `splitter split ... --out DIR`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitter.serve import serve
+    from splitter.deploy.serve import serve
 
     serve(args.bundle, host=args.host, port=args.port, max_bytes=args.max_bytes,
           max_batch=args.max_batch, threads=args.threads, log_level=args.log_level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from splitter._text import table
 from splitter.errors import SplitterError
 
 
@@ -26,34 +27,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def trace_from_args(args: argparse.Namespace):
-    from splitter.trace import trace
+    from splitter.compile.trace import trace
 
     return trace(args.model, args.input_size, pretrained=args.pretrained, checkpoint=args.checkpoint)
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A plain aligned table; numbers right-aligned."""
-    cols = list(zip(header, *rows)) if rows else [(h,) for h in header]
-    widths = [max(len(str(c)) for c in col) for col in cols]
-
-    def fmt(row: list[str]) -> str:
-        cells = []
-        for v, w in zip(row, widths):
-            s = str(v)
-            cells.append(s.rjust(w) if _numeric(s) else s.ljust(w))
-        return "  ".join(cells).rstrip()
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
-
-
-def _numeric(s: str) -> bool:
-    try:
-        float(s.replace(",", ""))
-        return True
-    except ValueError:
-        return False
 
 
 __all__ = ["add_model_args", "parse_shape", "trace_from_args", "table", "SplitterError"]

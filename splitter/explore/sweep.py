@@ -6,7 +6,7 @@
                                               │
        for each point:  plain row  ◄──────────┘  O(1): read the sums, nothing runs
                         bottleneck rows ◄── split(graph, point, bottleneck=kind) per point
-       every row: + predicted latency (splitter.latency)  ─►  SweepResult (.rows .to_csv .plot)
+       every row: + predicted latency (splitter.explore.latency)  ─►  SweepResult (.rows .to_csv .plot)
 
 ``accuracy`` is empty until a trainer fills it (``SweepResult.set_accuracy``); the plots
 use it when present.
@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from passes.cuts import CutPoint
-from splitter.costs import CostReport, cost_table, measure_payload, report_at
+from splitter.compile.costs import CostReport, cost_table, measure_payload, report_at
+from splitter.compile.trace import Graph, trace
 from splitter.errors import ConfigError, SplitterError
-from splitter.latency import DEVICE, LTE, SERVER, Link, Machine, latency_ms
-from splitter.trace import Graph, trace
+from splitter.explore.latency import DEVICE, LTE, SERVER, Link, Machine, latency_ms
 
 __all__ = ["sweep", "SweepResult", "SweepRow", "Skipped", "BottleneckSpec", "select_points", "pareto_mask"]
 
@@ -184,14 +184,14 @@ class SweepResult(BaseModel):
 
     def plot(self, path: str) -> str:
         """Draw the SC2 views (R-D, ExR-D, three-way) and the latencies into ``path`` (PNG)."""
-        from splitter.sweep_plot import plot_sweep
+        from splitter.explore.plot import plot_sweep
 
         plot_sweep(self, path)
         return path
 
     def table(self) -> str:
         """A terminal table, best row marked ``*`` and Pareto rows ``p``."""
-        from splitter.commands._common import table
+        from splitter._text import table
 
         best = self.best
         rows = []
@@ -277,9 +277,9 @@ def sweep(
     points; where one cannot go (a multi-tensor cut) it lands in ``skipped`` with the reason.
     ``inputs`` (a batch, or an iterable of batches) measures bottleneck payloads with
     ``Split.encode``; plain rows send the raw cut tensors, whose size is known without running.
-    Latencies follow :mod:`splitter.latency` for ``link``, ``device`` and ``server``.
+    Latencies follow :mod:`splitter.explore.latency` for ``link``, ``device`` and ``server``.
     """
-    from splitter.split import split
+    from splitter.compile.split import split
 
     graph = model if isinstance(model, Graph) else trace(model, input_shape)
     cuts = select_points(graph, points)

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitter.runtime import load_bundle
+    from splitter.deploy.runtime import load_bundle
 
     device = load_bundle(args.bundle).device(threads=args.threads)
     data = device.encode_images(args.images)

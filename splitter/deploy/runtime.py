@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from splitter import payload
+from splitter.deploy import payload
 from splitter.errors import BundleError, InputShapeError, PayloadError
 from targets.bundle import FILES
 from targets.manifest import MANIFEST, SCHEMA_VERSION, Manifest, digest_of
@@ -197,7 +197,7 @@ class Device:
 
     def preprocess(self, image) -> np.ndarray:
         """An image file or PIL image -> ``(C, H, W)`` float32 with the model's preprocessing."""
-        from splitter.preprocess import preprocess
+        from splitter.deploy.preprocess import preprocess
 
         return preprocess(image, self.manifest.preprocess)
 

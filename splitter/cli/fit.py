@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from splitter.config import load_config, run_config
-    from splitter.evaluate import evaluate_payloads
+    from splitter.explore.evaluate import evaluate_payloads
+    from splitter.train.config import load_config, run_config
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = load_config(args.config)

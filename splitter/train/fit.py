@@ -43,9 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from splitter import checkpoint as ckpt
-from splitter._dist import Context, broadcast_state, setup
 from splitter.errors import ConfigError, SplitterError
+from splitter.train import checkpoint as ckpt
+from splitter.train.distributed import Context, broadcast_state, setup
 
 __all__ = ["Stage", "FitReport", "StageReport", "fit", "DEFAULT_STAGES", "bottleneck_parts",
            "bits_per_sample", "kd_loss"]
@@ -321,7 +321,7 @@ class _TeacherCache:
 
 def _teacher_cut(teacher: nn.Module, split: nn.Module) -> nn.Module:
     """The teacher's layers up to the cut (a plain split of the teacher)."""
-    from splitter.split import split as make_split
+    from splitter.compile.split import split as make_split
 
     return make_split(teacher, at=split.cut.name, input_shape=tuple(split.graph.input_shape)).head
 
@@ -584,7 +584,7 @@ def _fit(split, train_data, teacher, stage_list, val_data, batch_size, seed, out
     broadcast_state(split, ctx)
     if output_dir and ctx.main:
         ckpt.save_split(split, os.path.join(output_dir, ckpt.WEIGHTS),
-                        metadata={"format": "splitter.fit", "model": str(split.graph.name),
+                        metadata={"format": "splitter.train.fit", "model": str(split.graph.name),
                                   "cut": split.cut.name, "mode": str(split.mode),
                                   "bottleneck": str(getattr(split.bottleneck, "kind", ""))})
         ckpt.write_json(report.model_dump(), os.path.join(output_dir, "fit.json"))

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from splitter.deploy.runtime import Bundle, load_bundle
 from splitter.errors import BundleError
-from splitter.runtime import Bundle, load_bundle
 from targets.bundle import check_target, commit, make_staging_dir, stage, write_manifest
 from targets.manifest import Parity
 
@@ -41,7 +41,7 @@ def _criteria(integer: bool, rtol: float) -> str:
 def _costs(split) -> dict[str, Any] | None:
     try:
         return split.costs.model_dump(mode="json")
-    except ImportError:  # splitter.costs not installed in this build
+    except ImportError:  # splitter.compile.costs not installed in this build
         return None
 
 

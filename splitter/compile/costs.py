@@ -319,7 +319,7 @@ def measure_payload(split: nn.Module, inputs: Any) -> float | None:
 
 
 def cost_report(split: nn.Module, inputs: Any = None, *, table: CostTable | None = None) -> CostReport:
-    """The :class:`CostReport` of ``split`` (a :class:`~splitter.split.Split`), per sample.
+    """The :class:`CostReport` of ``split`` (a :class:`~splitter.compile.split.Split`), per sample.
 
     Plain splits read the traced graph's prefix sums (nothing runs). A bottleneck adds its
     encoder tensors, coder tables and one measured ``encode`` (see :func:`bottleneck_costs`);
@@ -333,7 +333,7 @@ def cost_report(split: nn.Module, inputs: Any = None, *, table: CostTable | None
 
 def report_at(graph, cut: CutPoint, bottleneck: nn.Module | None = None, mode: str = "plain", *,
               table: CostTable | None = None, payload: float | None = None) -> CostReport:
-    """The report of cutting ``graph`` (a :class:`~splitter.trace.Graph`) at ``cut``.
+    """The report of cutting ``graph`` (a :class:`~splitter.compile.trace.Graph`) at ``cut``.
 
     Needs no partitioned graph: a sweep calls this for every plain cut. ``payload`` is a
     measured per-sample payload size, if any.

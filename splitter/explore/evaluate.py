@@ -64,7 +64,7 @@ class EvalReport(BaseModel):
         return min(ok, key=lambda r: r.bytes_mean) if ok else None
 
     def table(self) -> str:
-        from splitter.commands._common import table
+        from splitter._text import table
 
         rows = [[r.method, r.setting, f"{100 * r.accuracy:.2f}",
                  "" if r.bytes_mean is None else f"{r.bytes_mean:.1f}",
@@ -148,11 +148,11 @@ def codec_baseline(model: nn.Module, data: Dataset, *, codecs: Sequence[str] = C
     """``model`` on inputs that went through JPEG / WebP at each quality, with file sizes.
 
     ``data`` must keep its source images: ``data.raw(i)`` (PIL, native resolution) and
-    ``data.transform`` (PIL -> model input), as :mod:`splitter.data` datasets do.
+    ``data.transform`` (PIL -> model input), as :mod:`splitter.train.data` datasets do.
     """
     if not (hasattr(data, "raw") and hasattr(data, "transform")):
         raise SplitterError("the input-compression baseline needs the source images: use "
-                            "splitter.data.digits / image_folder (they have .raw and .transform)")
+                            "splitter.train.data.digits / image_folder (they have .raw and .transform)")
     model.eval()
     settings: list[tuple[str, int | str]] = [(c, q) for c in codecs for q in qualities]
     if lossless_webp and "webp" in codecs:
@@ -182,7 +182,7 @@ def evaluate(target: Any = None, data: Dataset | None = None, *, teacher: nn.Mod
     """Teacher accuracy, the split's (or bundle's) accuracy and payload bytes, and the
     teacher on JPEG/WebP-compressed inputs, all on ``data``."""
     if data is None:
-        raise SplitterError("evaluate needs data=: splitter.data.digits('test') or an image folder")
+        raise SplitterError("evaluate needs data=: splitter.train.data.digits('test') or an image folder")
     report = EvalReport(data=name or getattr(data, "name", type(data).__name__), samples=len(data))
     if teacher is not None:
         report.rows.append(evaluate_model(teacher, data))

@@ -22,9 +22,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from splitter import payload
+from splitter.deploy import payload
+from splitter.deploy.runtime import Bundle, load_bundle
 from splitter.errors import PayloadError
-from splitter.runtime import Bundle, load_bundle
 
 __all__ = ["create_app", "serve", "DEFAULT_MAX_BYTES"]
 

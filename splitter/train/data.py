@@ -157,7 +157,7 @@ def image_folder(root: str, model: nn.Module | str | None = None, *,
                             f"sub-folder of images per class, or 'digits'")
     folder = ImageFolder(root)
     if isinstance(model, str):
-        from splitter.trace import load_model
+        from splitter.compile.trace import load_model
 
         model = load_model(model)[0]
     args: dict[str, Any] = {"input_size": tuple(input_size)} if input_size else {}

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitter.demo import run_demo
+    from splitter.cli.demo_run import run_demo
 
     result = run_demo(args.out, quick=args.quick, progress=not args.no_progress,
                       export=not args.no_export, seed=args.seed)

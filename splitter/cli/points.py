@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitter.commands._common import add_model_args, table, trace_from_args
+from splitter.cli._common import add_model_args, table, trace_from_args
 
 HELP = "list every place a model can be cut, with the tensors that cross it"
 

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitter.errors import ConfigError
-from splitter.fit import DEFAULT_STAGES, Stage
+from splitter.train.fit import DEFAULT_STAGES, Stage
 
 __all__ = ["BottleneckConfig", "DataConfig", "FitConfig", "load_config", "parse_config",
            "build", "run_config"]
@@ -165,9 +165,9 @@ def build(cfg: FitConfig):
     """``(teacher, split, train_data, test_data)`` from a config (the split is seeded)."""
     import torch
 
-    from splitter.data import as_dataset, digits
-    from splitter.split import split as make_split
-    from splitter.trace import default_input_shape, load_model
+    from splitter.compile.split import split as make_split
+    from splitter.compile.trace import default_input_shape, load_model
+    from splitter.train.data import as_dataset, digits
 
     ckpt = os.path.expanduser(cfg.checkpoint) if cfg.checkpoint else None
     teacher, _ = load_model(cfg.model, checkpoint=ckpt, **cfg.model_args)
@@ -199,7 +199,7 @@ def run_config(cfg: FitConfig, *, resume: bool = False, max_steps: int | None = 
     The config itself is saved as ``config.yaml`` in the output dir (rank 0), so
     ``splitter eval OUTPUT_DIR`` can rebuild the split.
     """
-    from splitter.fit import fit
+    from splitter.train.fit import fit
 
     teacher, s, train, test = build(cfg)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -103,7 +103,7 @@ def train_classifier(model: nn.Module, train, test, *, epochs: int = 15, lr: flo
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from splitter.evaluate import evaluate_model
+    from splitter.explore.evaluate import evaluate_model
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -131,7 +131,7 @@ def digits_teacher(*, cache: Path | None = None, epochs: int = 15, seed: int = 0
     import timm
     from safetensors.torch import load_file, save_file
 
-    from splitter.data import digits
+    from splitter.train.data import digits
 
     path = (cache or cache_dir()) / f"digits_{ARCH}_{INPUT_SIZE[1]}_e{epochs}_s{seed}.safetensors"
     torch.manual_seed(seed)
@@ -204,9 +204,14 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
              seed: int = 0) -> DemoResult:
     """Run the demo; writes ``results.json``, ``rd.png`` and ``bundle/`` under ``out_dir``."""
     import splitter
-    from splitter.data import digits
-    from splitter.evaluate import EvalReport, codec_baseline, evaluate_model, evaluate_payloads
-    from splitter.fit import fit
+    from splitter.explore.evaluate import (
+        EvalReport,
+        codec_baseline,
+        evaluate_model,
+        evaluate_payloads,
+    )
+    from splitter.train.data import digits
+    from splitter.train.fit import fit
 
     torch.set_num_threads(1)  # tiny convolutions: a second thread costs more than it gives
     t0 = time.time()
@@ -225,7 +230,7 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
     sw = splitter.sweep(teacher, input_shape=INPUT_SIZE,
                         bottlenecks=[f"entropy:channels={ENTROPY_CHANNELS}", "crbq:channels=8"])
     if not quiet:
-        from splitter.commands._common import table
+        from splitter._text import table
 
         rows = [[r.point, r.config, f"{r.encoder_params:,}", f"{r.encoder_macs / 1e6:.2f}",
                  f"{r.payload_bytes:,.0f}"] for r in sw.rows]

@@ -1,5 +1,6 @@
-"""``splitter`` command line. Each subcommand is a module in ``splitter/commands/`` with
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``."""
+"""``splitter`` command line, the top layer. Each subcommand is a module ``splitter/cli/NAME.py``
+with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; ``_common`` holds the
+arguments they share, ``demo_run`` the demo itself."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        mod_name = f"splitter.commands.{name}_cmd"
+        mod_name = f"splitter.cli.{name}"
         if importlib.util.find_spec(mod_name) is None:
             continue
         mod = importlib.import_module(mod_name)
@@ -38,6 +39,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitter: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from splitter.sweep import pareto_mask
+from splitter.explore.sweep import pareto_mask
 
 if TYPE_CHECKING:
-    from splitter.sweep import SweepResult, SweepRow
+    from splitter.explore.sweep import SweepResult, SweepRow
 
 __all__ = ["plot_sweep"]
 

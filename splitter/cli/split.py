@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitter.commands._common import add_model_args, trace_from_args
+from splitter.cli._common import add_model_args, trace_from_args
 
 HELP = "split a model at a layer (optionally with a bottleneck); with --out, export a deployable bundle"
 
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitter.split import split
+    from splitter.compile.split import split
 
     options = dict(args.option)
     if args.channels is not None:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     if not args.out:
         return 0
-    from splitter.export import export
+    from splitter.deploy.export import export
 
     b = export(s, args.out, exporter=args.exporter)
     m = b.manifest

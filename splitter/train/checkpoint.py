@@ -1,4 +1,4 @@
-"""Checkpoints of a fitted :class:`~splitter.split.Split`: safetensors only, no pickle.
+"""Checkpoints of a fitted :class:`~splitter.compile.split.Split`: safetensors only, no pickle.
 
 ::
 

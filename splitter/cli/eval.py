@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from splitter.commands._common import parse_shape
+from splitter.cli._common import parse_shape
 from splitter.errors import SplitterError
 
 HELP = "measure accuracy and bytes per sample from real payloads, vs JPEG/WebP inputs"
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _teacher(args, name: str | None, checkpoint: str | None, model_args: dict):
-    from splitter.trace import load_model
+    from splitter.compile.trace import load_model
 
     if name is None:
         return None
@@ -54,15 +54,15 @@ def _teacher(args, name: str | None, checkpoint: str | None, model_args: dict):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from splitter.config import build, load_config
-    from splitter.data import as_dataset
-    from splitter.evaluate import QUALITIES, evaluate
+    from splitter.explore.evaluate import QUALITIES, evaluate
+    from splitter.train.config import build, load_config
+    from splitter.train.data import as_dataset
 
     torch.set_num_threads(1)
     target, teacher, shape, label = None, None, args.input_size, args.target
     path = args.target
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "manifest.json")):
-        from splitter.runtime import load_bundle
+        from splitter.deploy.runtime import load_bundle
 
         target = load_bundle(path)
         shape = shape or tuple(target.manifest.input.shape)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         label = f"bundle {path}"
     elif (os.path.isdir(path) and os.path.exists(os.path.join(path, "config.yaml"))) \
             or path.endswith((".yaml", ".yml")):
-        from splitter.checkpoint import load_split
+        from splitter.train.checkpoint import load_split
 
         cfg_path = os.path.join(path, "config.yaml") if os.path.isdir(path) else path
         cfg = load_config(cfg_path)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         teacher = _teacher(args, path, args.checkpoint, {})
         if shape is None:
-            from splitter.trace import default_input_shape
+            from splitter.compile.trace import default_input_shape
 
             shape = default_input_shape(teacher)
     if teacher is None and target is None:
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _limited(data, n: int):
     """The first ``n`` samples, keeping ``raw`` / ``transform`` / ``targets`` for the baselines."""
-    from splitter.data import SourceImages
+    from splitter.train.data import SourceImages
 
     if not isinstance(data, SourceImages):
         from torch.utils.data import Subset

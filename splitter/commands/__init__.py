@@ -1,1 +1,0 @@
-"""One module per CLI subcommand (``<name>_cmd.py``); shared argument helpers in ``_common``."""
