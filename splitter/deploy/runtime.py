@@ -1,4 +1,6 @@
-"""Run a bundle: ``load_bundle(dir).device().encode(x)`` and ``.server().decode(payload)``.
+"""Open a bundle: ``load_bundle(dir).device().encode(x)`` and ``.server().decode(payload)``.
+
+This module verifies and reads bundles; the two sides live in ``device.py`` and ``server.py``.
 
 ::
 
@@ -19,29 +21,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from splitter.deploy import payload
-from splitter.errors import BundleError, InputShapeError, PayloadError
+from splitter.errors import BundleError, InputShapeError
 from targets.bundle import FILES
 from targets.manifest import MANIFEST, SCHEMA_VERSION, Manifest, digest_of
-from targets.tables import load_bottleneck
 
 __all__ = ["Bundle", "Device", "Server", "Prediction", "load_bundle", "read_manifest"]
 
+if TYPE_CHECKING:
+    from splitter.deploy.device import Device
+    from splitter.deploy.server import Prediction, Server
+
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8,
               "int16": np.int16, "int32": np.int32, "int64": np.int64}
-
-
-class Prediction(BaseModel):
-    """One of the top-k classes of a sample: class index and softmax probability."""
-
-    index: int
-    score: float
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -113,9 +110,13 @@ class Bundle:
         return data
 
     def device(self, *, threads: int | None = None) -> Device:
+        from splitter.deploy.device import Device
+
         return Device(self, threads=threads)
 
     def server(self, *, limits: payload.Limits | None = None, threads: int | None = None) -> Server:
+        from splitter.deploy.server import Server
+
         return Server(self, limits=limits, threads=threads)
 
     def __repr__(self) -> str:
@@ -165,93 +166,15 @@ def _run(sess, x: np.ndarray, dynamic: bool, batch: int) -> list[np.ndarray]:
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-class Device:
-    """Device side: ``encode(image batch) -> payload bytes`` with the ONNX head."""
-
-    def __init__(self, bundle: Bundle, *, threads: int | None = None):
-        m = bundle.manifest
-        self.manifest = m
-        self._sess = _session(bundle.read("head.onnx"), "head.onnx", threads)
-        self.bottleneck = load_bottleneck(m.bottleneck, bundle.read("tables.safetensors"))
-        self.kind = m.bottleneck.kind
-        self._spatial = tuple(m.symbols.spatial)  # the server's too: one sample goes short form
-
-    def symbols(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``(B, C, H, W)`` or ``(C, H, W)`` float -> symbols ``(B, *S)`` from head.onnx."""
-        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        want = tuple(self.manifest.input.shape)
-        if arr.ndim == len(want):
-            arr = arr[None]
-        if tuple(arr.shape[1:]) != want:
-            raise InputShapeError(f"input has shape {tuple(arr.shape)}; this bundle's head takes "
-                                  f"(B, {', '.join(map(str, want))})")
-        info = self.manifest.export.head
-        out = _run(self._sess, np.ascontiguousarray(arr, dtype=np.float32), info.dynamic_batch, info.batch)
-        return torch.from_numpy(out[0])
-
-    def encode(self, x: torch.Tensor | np.ndarray) -> bytes:
-        """Image batch -> payload bytes (head, entropy coding, framing)."""
-        symbols = self.symbols(x)
-        with torch.no_grad():
-            return payload.encode_symbols(self.bottleneck, symbols, self._spatial)
-
-    def preprocess(self, image) -> np.ndarray:
-        """An image file or PIL image -> ``(C, H, W)`` float32 with the model's preprocessing."""
-        from splitter.deploy.preprocess import preprocess
-
-        return preprocess(image, self.manifest.preprocess)
-
-    def encode_images(self, images: list) -> bytes:
-        """Image files (or PIL images) -> one payload holding them all."""
-        return self.encode(np.stack([self.preprocess(im) for im in images]))
 
 
-class Server:
-    """Server side: ``decode(payload) -> output`` and ``predict(payload, k) -> top-k``."""
+def __getattr__(name: str) -> Any:  # Device / Server / Prediction, kept importable from here
+    if name == "Device":
+        from splitter.deploy.device import Device
 
-    def __init__(self, bundle: Bundle, *, limits: payload.Limits | None = None,
-                 threads: int | None = None):
-        m = bundle.manifest
-        self.manifest = m
-        self.limits = limits or payload.Limits()
-        self._sess = _session(bundle.read("tail.onnx"), "tail.onnx", threads)
-        self.bottleneck = load_bottleneck(m.bottleneck, bundle.read("tables.safetensors"))
-        self.kind = m.bottleneck.kind
-        self._spatial = tuple(m.symbols.spatial)
-        self._shape = tuple(m.symbols.shape)
-        self._dtype = getattr(torch, m.symbols.dtype)
+        return Device
+    if name in ("Server", "Prediction"):
+        from splitter.deploy import server
 
-    def decode_symbols(self, data: bytes) -> torch.Tensor:
-        """Validate the payload and entropy-decode it; :class:`PayloadError` on anything wrong."""
-        p = payload.unpack(data, self.limits, kind=self.kind, expected=self._spatial)
-        if p.spatial != self._spatial:
-            raise PayloadError(f"payload symbol dims {p.spatial} are not this bundle's {self._spatial}")
-        with torch.no_grad():
-            symbols = payload.decode_strings(self.bottleneck, p)
-        if tuple(symbols.shape) != (p.batch, *self._shape):
-            raise PayloadError(f"payload decodes to {tuple(symbols.shape)}, not (B, *{self._shape})")
-        return symbols.to(self._dtype)
-
-    def decode(self, data: bytes) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Payload bytes -> the model's output for every sample in it."""
-        symbols = self.decode_symbols(data)
-        info = self.manifest.export.tail
-        outs = _run(self._sess, np.ascontiguousarray(symbols.numpy()), info.dynamic_batch, info.batch)
-        outs = [torch.from_numpy(o) for o in outs]
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def predict(self, data: bytes, k: int = 5) -> list[list[Prediction]]:
-        """Top-``k`` classes (softmax scores) of every sample in the payload."""
-        out = self.decode(data)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            raise BundleError("predict needs a model with one (B, classes) output; use decode()",
-                              file="tail.onnx")
-        probs = out.float().softmax(dim=1)
-        scores, idx = probs.topk(max(1, min(int(k), probs.shape[1])), dim=1)
-        return [[Prediction(index=int(i), score=float(s)) for s, i in zip(srow, irow)]
-                for srow, irow in zip(scores.tolist(), idx.tolist())]
-
-    def info(self) -> dict[str, Any]:
-        m = self.manifest
-        return {"model": m.model, "cut": m.cut.name, "bottleneck": m.bottleneck.kind,
-                "symbols": m.symbols.shape, "classes": m.outputs[0].shape if m.outputs else None}
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
