@@ -17,6 +17,7 @@ __all__ = [
     "UnknownLayerError",
     "CutError",
     "InputShapeError",
+    "InputValueError",
     "BottleneckError",
     "PayloadError",
     "BundleError",
@@ -73,6 +74,10 @@ class CutError(SplitterError, ValueError):
 
 class InputShapeError(SplitterError, ValueError):
     """An input does not have the shape the traced model expects."""
+
+
+class InputValueError(SplitterError, ValueError):
+    """An input has the right shape but a wrong dtype or non-finite values."""
 
 
 class BottleneckError(SplitterError, ValueError):

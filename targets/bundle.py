@@ -1,14 +1,19 @@
-"""Write a bundle directory: every file staged in a hidden sibling, hashed, then renamed in.
+"""Write an export: two bundle halves staged in a hidden sibling, hashed, then renamed in.
 
 ::
 
-    out/.bundle-XXXX/  head.onnx  tail.onnx  tail.pt2  tables.safetensors   (stage)
-                       manifest.json  (hashes of the four, written last)  (write_manifest)
-    out/  ◄── rename ──┘                                                    (commit)
+    out/.bundle-XXXX/  device/ head.onnx  coder.safetensors                     (stage)
+                       server/ tail.onnx  tail.pt2  tables.safetensors
+                       */manifest.json  (hashes of the half's files, written last)  (write_manifest)
+    out/  ◄── rename ──┘                                                          (commit)
+
+``device/`` is all a device needs (the head, the coder's tables, preprocessing and the
+symbol spec: no decoder or tail weights); ``server/`` is the tail and the decoder's state.
+Each half verifies alone; the two share an export id (see :mod:`targets.manifest`).
 
 The staging directory lives in the same parent, so the final ``rename`` is atomic on one
-filesystem: a reader sees the old bundle, or the new one whole, never a half-written file.
-Replacing an existing bundle takes two renames (old aside, new in); in between the
+filesystem: a reader sees the old export, or the new one whole, never a half-written file.
+Replacing an existing export takes two renames (old aside, new in); in between the
 directory is briefly absent, not partial.
 """
 
@@ -24,24 +29,31 @@ import torch
 
 from splitter.errors import BundleError
 from targets.manifest import (
+    DEVICE_DIR,
+    DEVICE_FILES,
     MANIFEST,
+    SERVER_DIR,
+    SERVER_FILES,
+    CoderInfo,
     CutInfo,
+    DeviceExportInfo,
+    DeviceManifest,
     ExportInfo,
     Manifest,
     Preprocess,
     SymbolsInfo,
     TensorInfo,
     dump,
+    new_export_id,
     package_versions,
     sha256_file,
 )
 from targets.onnx_head import export_head
-from targets.tables import save_tables, spec_of
-from targets.tail import export_tail, tail_output_names
+from targets.tables import save_device_tables, save_tables, spec_of
+from targets.tail import export_tail, flat_outputs, output_structure, tail_output_names
 
-__all__ = ["FILES", "stage", "write_manifest", "check_target", "commit", "make_staging_dir", "preprocess_of"]
-
-FILES = ("head.onnx", "tail.onnx", "tail.pt2", "tables.safetensors")
+__all__ = ["DEVICE_FILES", "SERVER_FILES", "stage", "write_manifest", "check_target", "commit",
+           "make_staging_dir", "preprocess_of", "is_export", "coder_info"]
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -79,26 +91,47 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def stage(split, staging: Path, *, exporter: str = "auto", costs: dict[str, Any] | None = None) -> Manifest:
-    """Export every file of ``split`` into ``staging``; return the manifest (no parity yet)."""
+def coder_info(bottleneck) -> CoderInfo:
+    """What the device's coder needs to know beyond its tables (see :class:`CoderInfo`)."""
+    from splitter.deploy import coder, payload
+
+    kind = bottleneck.kind
+    info = CoderInfo(format=coder.FORMAT, payload_version=payload.VERSION,
+                     needs_torch=kind == "hyperprior")
+    if kind in ("jpeg", "webp"):
+        info = info.model_copy(update={"image_size": list(bottleneck.image_size),
+                                       "quality": int(bottleneck.quality)})
+    return info
+
+
+def stage(split, staging: Path, *, exporter: str = "auto",
+          costs: dict[str, Any] | None = None) -> tuple[DeviceManifest, Manifest]:
+    """Export every file of ``split`` into ``staging/device`` and ``staging/server``; return
+    both manifests (no parity yet)."""
     if split.bottleneck is None:
         raise BundleError("a plain split has no coder to deploy; split with bottleneck='identity' "
                           "(raw features) or a compressing kind such as 'crbq' or 'entropy'",
                           file="manifest.json")
     g = split.graph
-    head = export_head(split, staging / "head.onnx", exporter=exporter)
-    tail = export_tail(split, staging, exporter=exporter)
-    save_tables(split.bottleneck, staging / "tables.safetensors")
-
+    dev, srv = staging / DEVICE_DIR, staging / SERVER_DIR
+    dev.mkdir()
+    srv.mkdir()
     x = g.example_input[:1]
     with torch.no_grad():
         symbols = split.head(x)
         out = split.tail(symbols)
-    outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        split.bottleneck.compress(symbols)  # builds coder tables still empty (lazy update())
+    head = export_head(split, dev / "head.onnx", exporter=exporter)
+    save_device_tables(split.bottleneck, dev / "coder.safetensors")
+    tail = export_tail(split, srv, exporter=exporter)
+    save_tables(split.bottleneck, srv / "tables.safetensors")
+
     names = tail_output_names(out)
-    for f in FILES:
-        _fsync(staging / f)
-    return Manifest(
+    for d, files in ((dev, DEVICE_FILES), (srv, SERVER_FILES)):
+        for f in files:
+            _fsync(d / f)
+    common = dict(
+        export_id=new_export_id(),
         created_by=f"splitter {package_versions()['splitter']}",
         model=g.name,
         mode=split.mode,
@@ -109,14 +142,22 @@ def stage(split, staging: Path, *, exporter: str = "auto", costs: dict[str, Any]
         preprocess=preprocess_of(g),
         symbols=SymbolsInfo(shape=list(symbols.shape[1:]), dtype=_dtype(symbols.dtype),
                             spatial=list(split.bottleneck.spatial(symbols))),
-        outputs=[TensorInfo(name=n, shape=list(o.shape[1:]), dtype=_dtype(o.dtype))
-                 for n, o in zip(names, outs)],
         bottleneck=spec_of(split),
-        costs=costs,
+        coder=coder_info(split.bottleneck),
         versions=package_versions(),
-        export=ExportInfo(head=head, tail=tail.onnx, tail_pt2=tail.pt2),
-        files={f: sha256_file(staging / f) for f in FILES},
     )
+    device = DeviceManifest(**common, export=DeviceExportInfo(head=head),
+                            files={f: sha256_file(dev / f) for f in DEVICE_FILES})
+    server = Manifest(
+        **common,
+        outputs=[TensorInfo(name=n, shape=list(o.shape[1:]), dtype=_dtype(o.dtype))
+                 for n, o in zip(names, flat_outputs(out))],
+        output_structure=output_structure(out),
+        costs=costs,
+        export=ExportInfo(head=head, tail=tail.onnx, tail_pt2=tail.pt2),
+        files={f: sha256_file(srv / f) for f in SERVER_FILES},
+    )
+    return device, server
 
 
 def write_manifest(manifest: Manifest, directory: Path) -> None:
@@ -129,10 +170,15 @@ def write_manifest(manifest: Manifest, directory: Path) -> None:
     os.replace(tmp, directory / MANIFEST)
 
 
+def is_export(path: Path) -> bool:
+    """Whether ``path`` holds what :func:`commit` writes (or a bundle of an older layout)."""
+    return any((path / sub / MANIFEST).exists() for sub in (DEVICE_DIR, SERVER_DIR, "."))
+
+
 def check_target(out_dir: Path) -> None:
     """Refuse, before any work, to replace something that is not a bundle."""
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                      and not (out_dir / MANIFEST).exists())):
+                                                      and not is_export(out_dir))):
         raise BundleError(f"{out_dir} exists and is not a bundle; export into a new or empty "
                           f"directory (nothing was overwritten)", file=str(out_dir))
 
@@ -143,8 +189,11 @@ def commit(staging: Path, out_dir: Path) -> None:
     # modes a normal directory gets, so a server running as another user can read it.
     umask = os.umask(0)
     os.umask(umask)
-    for f in staging.iterdir():
-        f.chmod(0o666 & ~umask)
+    for sub in (staging / DEVICE_DIR, staging / SERVER_DIR):
+        for f in sub.iterdir():
+            f.chmod(0o666 & ~umask)
+        sub.chmod(0o777 & ~umask)
+        _fsync(sub)
     staging.chmod(0o777 & ~umask)
     _fsync(staging)
     if not out_dir.exists():

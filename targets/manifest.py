@@ -1,22 +1,31 @@
-"""``manifest.json``: what a bundle holds, how it was made, and how well it matches the model.
+"""``manifest.json``: what a bundle half holds, how it was made, and how well it matches the model.
 
-A versioned pydantic schema (``schema_version``); unknown fields are rejected, so a manifest
-from a newer splitter or an edited one fails validation instead of being half-understood.
+An export writes two halves, each a directory with its own manifest, files and digests:
 
 ::
 
-    Manifest
-    ├── schema_version, created_by, model, mode
+    out/device/  manifest.json (DeviceManifest)  head.onnx  coder.safetensors
+    out/server/  manifest.json (Manifest)        tail.onnx  tail.pt2  tables.safetensors
+
+Both manifests carry the same ``export_id`` and the same cut, symbol spec, coder, bottleneck
+and versions (:data:`TIED`): a device half and a server half belong together only if all of
+those are equal. A versioned pydantic schema (``schema_version``); unknown fields are
+rejected, so a manifest from a newer splitter or an edited one fails validation instead of
+being half-understood. This module imports pydantic only (no torch): the device reads it.
+
+::
+
+    DeviceManifest / Manifest (server)
+    ├── schema_version, role, export_id, created_by, model, mode
     ├── cut          name, index, tensors crossing it (shape, dtype)
     ├── input        shape + preprocess (resize, crop, mean/std from timm's pretrained_cfg)
     ├── symbols      per-sample shape, dtype, payload dims        (the head's output)
-    ├── outputs      the tail's outputs
-    ├── bottleneck   kind, options, shapes                       (rebuilds the coder)
-    ├── costs        CostReport as a dict (None when not computed)
-    ├── versions     torch, timm, compressai, onnx, onnxruntime, splitter
-    ├── export       exporter of each file, dynamic batch or not
-    ├── parity       ONNX head vs torch head, bundle vs in-process split
-    ├── files        name -> sha256, size                        (every other file)
+    ├── bottleneck   kind, options, shapes
+    ├── coder        string format, payload version, what the device's coder needs
+    ├── versions     torch, timm, compressai, onnx, onnxruntime, splitter (of the exporter)
+    ├── export       device: the head's ONNX export; server: head, tail, tail.pt2
+    ├── (server) outputs, output_structure, costs, parity
+    ├── files        name -> sha256, size                        (every other file of the half)
     └── manifest_sha256   sha256 of this file's bytes with this value zeroed
 
 ``manifest_sha256`` makes a damaged manifest name itself: without it, a flipped digit in
@@ -33,15 +42,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from targets.onnx_head import OnnxExport
 from targets.tables import BottleneckSpec
-from targets.tail import Pt2Export
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST", "Manifest", "FileEntry", "TensorInfo", "Preprocess",
-           "CutInfo", "ExportInfo", "Parity", "package_versions", "sha256_file", "dump", "digest_of"]
+__all__ = ["SCHEMA_VERSION", "MANIFEST", "DEVICE_DIR", "SERVER_DIR", "DEVICE_FILES", "SERVER_FILES",
+           "TIED", "Manifest", "DeviceManifest", "CoderInfo", "FileEntry", "TensorInfo",
+           "Preprocess", "CutInfo", "ExportInfo", "DeviceExportInfo", "OnnxExport", "Pt2Export",
+           "Parity", "package_versions", "sha256_file", "dump", "digest_of", "new_export_id"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: device/ and server/ halves, constriction for long coder streams
 MANIFEST = "manifest.json"
+DEVICE_DIR, SERVER_DIR = "device", "server"
+DEVICE_FILES = ("head.onnx", "coder.safetensors")
+SERVER_FILES = ("tail.onnx", "tail.pt2", "tables.safetensors")
+# what both halves of one export must hold equal
+TIED = ("schema_version", "export_id", "model", "mode", "cut", "input", "preprocess", "symbols",
+        "bottleneck", "coder", "versions")
 _ZERO = "0" * 64
 
 
@@ -74,6 +89,23 @@ class Preprocess(_Strict):
     source: str = Field(description="'timm pretrained_cfg' or 'imagenet default'")
 
 
+class OnnxExport(BaseModel):
+    """How one ONNX file was made (written by :mod:`targets.onnx_head`)."""
+
+    exporter: str = Field(description="'dynamo' or 'torchscript': the exporter that worked")
+    dynamic_batch: bool = Field(description="False when the batch size is fixed to the example's")
+    batch: int = Field(description="the example's batch size (the only one when not dynamic)")
+    opset: int
+    attempts: dict[str, str] = Field(default_factory=dict, description="exporters that failed, and why")
+
+
+class Pt2Export(BaseModel):
+    """How ``tail.pt2`` was made (written by :mod:`targets.tail`)."""
+
+    dynamic_batch: bool
+    attempts: dict[str, str] = Field(default_factory=dict)
+
+
 class CutInfo(_Strict):
     name: str
     index: int
@@ -84,6 +116,22 @@ class SymbolsInfo(_Strict):
     shape: list[int]
     dtype: str
     spatial: list[int] = Field(description="symbol dims the payload header carries")
+
+
+class CoderInfo(_Strict):
+    """What turns symbols into the payload's strings; the device's coder reads only this and
+    ``coder.safetensors``."""
+
+    format: str = Field(description="entropy-coder string format (splitter.deploy.coder.FORMAT)")
+    payload_version: int = Field(description="payload header version (splitter.deploy.payload.VERSION)")
+    image_size: list[int] | None = Field(None, description="jpeg/webp: (height, width) of the tiled image")
+    quality: int | None = Field(None, description="jpeg/webp: codec quality")
+    needs_torch: bool = Field(False, description="True when the device's coder runs torch layers "
+                                                 "(hyperprior: h_a and h_s)")
+
+
+class DeviceExportInfo(_Strict):
+    head: OnnxExport
 
 
 class ExportInfo(_Strict):
@@ -108,12 +156,17 @@ class Parity(_Strict):
                                              "for bit (False by design for jpeg/webp)")
     coder_matches_split: bool = Field(description="the server decodes exactly what the split's own "
                                                   "bottleneck decodes from the same symbols")
+    outputs_max_abs_error: dict[str, float] = Field(
+        default_factory=dict, description="per output (by name): max |bundle - split| as above")
     passed: bool
     criteria: str
 
 
-class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class _Half(_Strict):
+    """The fields both halves carry; :data:`TIED` of them must be equal across a pair."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    export_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="shared by the two halves of one export")
     created_by: str
     model: str
     mode: str
@@ -121,14 +174,36 @@ class Manifest(_Strict):
     input: TensorInfo
     preprocess: Preprocess
     symbols: SymbolsInfo
-    outputs: list[TensorInfo]
     bottleneck: BottleneckSpec
-    costs: dict[str, Any] | None = None
+    coder: CoderInfo
     versions: dict[str, str]
-    export: ExportInfo
-    parity: Parity | None = None
     files: dict[str, FileEntry]
     manifest_sha256: str = Field(_ZERO, pattern=r"^[0-9a-f]{64}$")
+
+
+class DeviceManifest(_Half):
+    """``device/manifest.json``: the head, the coder's tables, preprocessing, symbol spec."""
+
+    role: Literal["device"] = "device"
+    export: DeviceExportInfo
+
+
+class Manifest(_Half):
+    """``server/manifest.json``: the tail, the decoder's state, outputs, costs and parity."""
+
+    role: Literal["server"] = "server"
+    outputs: list[TensorInfo]
+    output_structure: Literal["tensor", "tuple", "dict"] = Field(
+        "tensor", description="what the model returns: one tensor, a tuple, or a dict keyed by output names")
+    costs: dict[str, Any] | None = None
+    export: ExportInfo
+    parity: Parity | None = None
+
+
+def new_export_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
 
 
 def package_versions() -> dict[str, str]:

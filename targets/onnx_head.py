@@ -23,25 +23,15 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
 from splitter.errors import BundleError
+from targets.manifest import OnnxExport  # the record; defined there so the device needs no torch
 
 __all__ = ["OnnxExport", "export_onnx", "export_head", "EXPORTERS"]
 
 EXPORTERS = ("dynamo", "torchscript")
 MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
-
-
-class OnnxExport(BaseModel):
-    """How one ONNX file was made (recorded in the manifest)."""
-
-    exporter: str = Field(description="'dynamo' or 'torchscript': the exporter that worked")
-    dynamic_batch: bool = Field(description="False when the batch size is fixed to the example's")
-    batch: int = Field(description="the example's batch size (the only one when not dynamic)")
-    opset: int
-    attempts: dict[str, str] = Field(default_factory=dict, description="exporters that failed, and why")
 
 
 def placeholder_name(module: nn.Module) -> str:

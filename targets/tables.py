@@ -1,28 +1,36 @@
-"""The bottleneck's state in ``tables.safetensors``: entropy-coder tables and every weight.
+"""The bottleneck's state: ``server/tables.safetensors`` (all of it), ``device/coder.safetensors``
+(only what the device's coder reads).
 
 ::
 
-    export:   bottleneck.state_dict() ──► tables.safetensors   (metadata: kind)
+    export:   bottleneck.state_dict() ──► server/tables.safetensors          (metadata: kind)
+              device_state(bottleneck) ──► device/coder.safetensors          (no decoder, no tail)
     load:     manifest.bottleneck (kind, options, shapes) ──► bottlenecks.create(...)
-              ──► load_state_dict(tables.safetensors, strict=True)
+              ──► load_state_dict(tables.safetensors, strict=True)           (server, torch)
+              device: coder.safetensors ──► numpy tables  (splitter.deploy.device, no torch)
 
-Both sides need the module for the coder: the device for ``compress`` (CDF tables), the
-server for ``decompress``. Rebuilding it from a name and options, then loading tensors from
-safetensors (a JSON header and raw bytes), runs no pickle.
+The server rebuilds the module for ``decompress``. The device gets the entropy model's CDF
+tables (``entropy``), nothing (``identity``, ``crbq``, ``jpeg``, ``webp``: their coder has no
+state), or for ``hyperprior`` the hyper-encoder/decoder and both entropy models, which its
+coder runs in torch; never the main encoder (it is inside ``head.onnx``) nor the decoder.
+safetensors is a JSON header and raw bytes: loading runs no pickle. Importing this module
+loads no torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-import bottlenecks
 from splitter.errors import BundleError
 
-__all__ = ["BottleneckSpec", "spec_of", "save_tables", "load_bottleneck"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["BottleneckSpec", "spec_of", "save_tables", "load_bottleneck", "device_state",
+           "save_device_tables"]
 
 
 class BottleneckSpec(BaseModel):
@@ -67,6 +75,29 @@ def save_tables(bottleneck: torch.nn.Module, path: str | Path) -> None:
     save_file(state, str(path), metadata={"format": f"splitter-tables-1 {bottleneck.kind}"})
 
 
+_DEVICE_SIDE = {  # kind -> state_dict prefixes its device coder reads (none: stateless coder)
+    "entropy": ("entropy_bottleneck._quantized_cdf", "entropy_bottleneck._offset",
+                "entropy_bottleneck._cdf_length"),
+    "hyperprior": ("hyper_encoder.", "hyper_decoder.", "entropy_bottleneck.",
+                   "gaussian_conditional."),
+}
+
+
+def device_state(bottleneck: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The part of ``bottleneck.state_dict()`` the device's coder needs (see the module doc)."""
+    prefixes = _DEVICE_SIDE.get(bottleneck.kind, ())
+    return {k: v.detach().cpu().contiguous().clone() for k, v in bottleneck.state_dict().items()
+            if k.startswith(prefixes)}
+
+
+def save_device_tables(bottleneck: torch.nn.Module, path: str | Path) -> None:
+    """:func:`device_state` to ``path`` (safetensors; an empty file for stateless coders)."""
+    from safetensors.torch import save_file
+
+    save_file(device_state(bottleneck), str(path),
+              metadata={"format": f"splitter-coder-1 {bottleneck.kind}"})
+
+
 def load_bottleneck(spec: BottleneckSpec, data: bytes | str | Path,
                     name: str = "tables.safetensors") -> torch.nn.Module:
     """Rebuild the bottleneck from ``spec`` and load ``data`` (file bytes or a path) into it.
@@ -76,6 +107,8 @@ def load_bottleneck(spec: BottleneckSpec, data: bytes | str | Path,
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
     from safetensors.torch import load_file
+
+    import bottlenecks
 
     try:
         bn = bottlenecks.create(spec.kind, **spec.create_args())

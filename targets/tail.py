@@ -2,7 +2,8 @@
 
 ::
 
-    symbols (B, *S) ──► [bottleneck.decode ─► rest of the model] ──► output (B, classes)
+    symbols (B, *S) ──► [bottleneck.decode ─► rest of the model] ──► output(s): a tensor,
+                        a tuple, or a dict (ONNX outputs named by its keys)
                         tail.pt2  = torch.export.export(split.tail) + torch.export.save
                         tail.onnx = the same graph through targets.onnx_head.export_onnx
 
@@ -33,19 +34,14 @@ import warnings
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from splitter.errors import BundleError
-from targets.onnx_head import MAX_BATCH, OnnxExport, export_onnx, placeholder_name
+from targets.manifest import OnnxExport, Pt2Export
+from targets.onnx_head import MAX_BATCH, export_onnx, placeholder_name
 
-__all__ = ["Pt2Export", "TailExport", "export_tail", "tail_output_names"]
-
-
-class Pt2Export(BaseModel):
-    """How ``tail.pt2`` was made."""
-
-    dynamic_batch: bool
-    attempts: dict[str, str] = Field(default_factory=dict)
+__all__ = ["Pt2Export", "TailExport", "export_tail", "tail_output_names", "output_structure",
+           "flat_outputs"]
 
 
 class TailExport(BaseModel):
@@ -53,14 +49,46 @@ class TailExport(BaseModel):
     onnx: OnnxExport
 
 
-def tail_output_names(output) -> list[str]:
-    """``["output"]`` for one tensor, ``["output_0", ...]`` for a tuple of them."""
+def output_structure(output) -> str:
+    """``"tensor"``, ``"tuple"`` (or list) or ``"dict"`` (string keys) of tensors."""
     if isinstance(output, torch.Tensor):
+        return "tensor"
+    if isinstance(output, (tuple, list)) and output and all(isinstance(t, torch.Tensor) for t in output):
+        return "tuple"
+    if (isinstance(output, dict) and output and all(isinstance(k, str) and k for k in output)
+            and all(isinstance(t, torch.Tensor) for t in output.values())):
+        return "dict"
+    raise BundleError(f"the tail returns {type(output).__name__}; a bundle needs a tensor, a "
+                      f"tuple of tensors or a dict of tensors with string keys", file="tail.onnx")
+
+
+def tail_output_names(output) -> list[str]:
+    """``["output"]`` for one tensor, ``["output_0", ...]`` for a tuple, the keys of a dict."""
+    structure = output_structure(output)
+    if structure == "tensor":
         return ["output"]
-    if isinstance(output, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in output):
+    if structure == "tuple":
         return [f"output_{i}" for i in range(len(output))]
-    raise BundleError(f"the tail returns {type(output).__name__}; a bundle needs a tensor or a "
-                      f"tuple of tensors", file="tail.onnx")
+    return list(output)
+
+
+def flat_outputs(output) -> list[torch.Tensor]:
+    """The output's tensors in :func:`tail_output_names` order."""
+    output_structure(output)
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return list(output.values()) if isinstance(output, dict) else list(output)
+
+
+class _Flat(torch.nn.Module):
+    """The tail with its outputs as a flat tuple, so every exporter names them the same way."""
+
+    def __init__(self, tail: torch.nn.Module):
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, symbols: torch.Tensor):
+        return tuple(flat_outputs(self.tail(symbols)))
 
 
 def _export_pt2(tail, symbols: torch.Tensor, path: Path, dynamic: bool):
@@ -87,9 +115,13 @@ def export_tail(split, out_dir: str | Path, *, exporter: str = "auto") -> TailEx
     x = torch.randn(2 if dynamic else 1, *g.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         symbols = split.head(x)
-        names = tail_output_names(split.tail(symbols))
+        out = split.tail(symbols)
+    names = tail_output_names(out)
     pt2, program = _export_pt2(split.tail, symbols, out_dir / "tail.pt2", dynamic)
-    onnx_info = export_onnx(split.tail, symbols, out_dir / "tail.onnx", input_name="symbols",
+    tail = split.tail
+    if output_structure(out) == "dict":  # ONNX has no dicts: the outputs, named by their keys
+        tail, program = _Flat(split.tail).eval(), None
+    onnx_info = export_onnx(tail, symbols, out_dir / "tail.onnx", input_name="symbols",
                             output_names=names, exporter=exporter, dynamic_batch=pt2.dynamic_batch,
                             program=program)
     return TailExport(pt2=pt2, onnx=onnx_info)

@@ -1,10 +1,13 @@
-"""``splitter.export(split, out_dir)``: write a bundle, then check it against the split.
+"""``splitter.export(split, out_dir)``: write the two bundle halves, then check them against the split.
 
 ::
 
-    split ─► targets.bundle.stage ─► .out.staging-XXXX/{head.onnx, tail.onnx, tail.pt2, tables}
-          ─► parity: the staged runtime vs the in-process split on ≥ 32 inputs
-          ─► manifest.json (hashes + parity) ─► rename to out_dir ─► load_bundle(out_dir)
+    split ─► targets.bundle.stage ─► .out.staging-XXXX/device/{head.onnx, coder.safetensors}
+                                                      server/{tail.onnx, tail.pt2, tables.safetensors}
+          ─► parity: the staged device + server runtimes vs the in-process split on ≥ 32 inputs
+             (symbols, the device coder's bytes vs the torch bottleneck's, every output)
+          ─► device/manifest.json, server/manifest.json (hashes; parity on the server's)
+          ─► rename to out_dir ─► load_bundle(out_dir)
 
 Nothing appears at ``out_dir`` unless every file was written and the check ran; a failed
 export leaves ``out_dir`` as it was.
@@ -18,10 +21,11 @@ from typing import Any
 
 import torch
 
-from splitter.deploy.runtime import Bundle, load_bundle
+from splitter.deploy.runtime import Bundle, BundleHalf, load_bundle
 from splitter.errors import BundleError
 from targets.bundle import check_target, commit, make_staging_dir, stage, write_manifest
-from targets.manifest import Parity
+from targets.manifest import DEVICE_DIR, SERVER_DIR, Parity
+from targets.tail import flat_outputs
 
 __all__ = ["export", "check_parity"]
 
@@ -48,21 +52,20 @@ def _costs(split) -> dict[str, Any] | None:
 def _culprit(p: Parity) -> str:
     """The file a failed check points at: the coder's tables, the head, else the tail."""
     if not p.coder_matches_split:
-        return "tables.safetensors"
+        return f"{DEVICE_DIR}/coder.safetensors"
     if not p.symbols_close:
-        return "head.onnx"
-    return "tail.onnx"
-
-
-def _first(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out[0]
+        return f"{DEVICE_DIR}/head.onnx"
+    return f"{SERVER_DIR}/tail.onnx"
 
 
 def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n: int = 32,
                  batch: int = 8, threads: int | None = None) -> Parity:
-    """Run ``bundle`` and ``split`` on the same inputs and compare symbols, features, outputs.
+    """Run ``bundle`` and ``split`` on the same inputs and compare symbols, bytes, outputs.
 
-    ``inputs`` is ``(N, *input_shape)``; by default ``n`` seeded random images.
+    ``inputs`` is ``(N, *input_shape)``; by default ``n`` seeded random images. The device's
+    torch-free coder must write byte for byte what the split's bottleneck writes from the same
+    symbols, and the server must decode them as the bottleneck does. Outputs (a tensor, a
+    tuple or a dict) are compared one by one; top-1 is read from the first.
     """
     g = split.graph
     if inputs is None:
@@ -75,14 +78,17 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
     device, server = bundle.device(threads=threads), bundle.server(threads=threads)
     bn = split.bottleneck
     same = total = agree = 0
-    sym_diff = feat_err = out_err = 0.0
+    sym_diff = feat_err = 0.0
+    out_err: dict[str, float] = {}
     lossless = matches = True
     integer, scale, rtol = True, 0.0, FLOAT_RTOL
+    names = [o.name for o in server.manifest.outputs]
     with torch.no_grad():
         for i in range(0, inputs.shape[0], batch):
             x = inputs[i:i + batch]
             ref_sym = split.head(x)
-            sym = device.symbols(x)
+            sym_np = device.symbols(x.numpy())
+            sym = torch.from_numpy(sym_np)
             integer = not ref_sym.dtype.is_floating_point
             if not integer:
                 rtol = max(FLOAT_RTOL, torch.finfo(ref_sym.dtype).eps)
@@ -91,22 +97,29 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
             total += ref_sym.numel()
             sym_diff = max(sym_diff, float((ref_sym.double() - sym.double()).abs().max()))
             feat_err = max(feat_err, float((bn.decode(ref_sym) - bn.decode(sym)).abs().max()))
-            data = device.encode(x)
+            strings = bn.compress(sym)
+            matches &= device.compress(sym_np) == strings  # torch-free coder, same bytes
+            data = device.encode(x.numpy())
             decoded = server.decode_symbols(data)
             lossless &= torch.equal(decoded, sym)  # False by design for jpeg/webp
             # The bottleneck rebuilt from the manifest and tables must code exactly as the
             # split's own does (same tables, same framing).
-            mine = bn.decompress(bn.compress(sym), tuple(bn.spatial(sym))).to(decoded.dtype)
+            mine = bn.decompress(strings, tuple(bn.spatial(sym))).to(decoded.dtype)
             matches &= torch.equal(decoded, mine)
             # The reference is the split's own bytes path; for a lossless coder it is split(x).
-            got, ref = _first(server.decode(data)), _first(split.decode(split.encode(x)))
-            out_err = max(out_err, float((got.float() - ref.float()).abs().max()))
-            agree += int((got.reshape(len(x), -1).argmax(1) == ref.reshape(len(x), -1).argmax(1)).sum())
+            got = flat_outputs(server.decode(data))
+            ref = flat_outputs(split.decode(split.encode(x)))
+            for name, a, b in zip(names, got, ref):
+                err = float((a.float() - b.float()).abs().max())
+                out_err[name] = max(out_err.get(name, 0.0), err)
+            agree += int((got[0].reshape(len(x), -1).argmax(1)
+                          == ref[0].reshape(len(x), -1).argmax(1)).sum())
     identical, top1 = same / max(total, 1), agree / inputs.shape[0]
     close = identical >= MIN_IDENTICAL if integer else sym_diff <= rtol * max(scale, 1.0)
     return Parity(n_inputs=int(inputs.shape[0]), symbols_identical=identical,
                   symbols_max_abs_diff=sym_diff, feature_max_abs_error=feat_err,
-                  output_max_abs_error=out_err, top1_agreement=top1, coder_lossless=lossless,
+                  output_max_abs_error=max(out_err.values(), default=0.0),
+                  outputs_max_abs_error=out_err, top1_agreement=top1, coder_lossless=lossless,
                   coder_matches_split=matches, symbols_close=close,
                   passed=matches and close and top1 >= MIN_TOP1,
                   criteria=_criteria(integer, rtol))
@@ -116,9 +129,11 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
            exporter: str = "auto", strict: bool = True, threads: int | None = None) -> Bundle:
     """Write ``split`` as a bundle in ``out_dir`` and return it, loaded and verified.
 
-    Files: ``head.onnx`` (device head, image -> symbols), ``tail.onnx`` and ``tail.pt2``
-    (server tail, symbols -> output), ``tables.safetensors`` (bottleneck state, coder
-    tables) and ``manifest.json``. ``inputs`` (``(N, C, H, W)``, default 32 random) drive the
+    Two halves, each with its own ``manifest.json``: ``device/`` holds ``head.onnx``
+    (image -> symbols) and ``coder.safetensors`` (only what the device's coder reads);
+    ``server/`` holds ``tail.onnx`` and ``tail.pt2`` (symbols -> output) and
+    ``tables.safetensors`` (the bottleneck's state). ``load_bundle`` opens the directory or
+    either half alone. ``inputs`` (``(N, C, H, W)``, default 32 random) drive the
     parity check recorded in the manifest; with ``strict`` a failed check raises
     :class:`~splitter.errors.BundleError` and writes nothing. ``exporter``: ``"auto"``
     (dynamo, then torchscript), ``"dynamo"`` or ``"torchscript"``.
@@ -128,13 +143,16 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
     split.eval()
     staging = make_staging_dir(out_dir)
     try:
-        manifest = stage(split, staging, exporter=exporter, costs=_costs(split))
-        parity = check_parity(split, Bundle(staging, manifest), inputs, threads=threads)
+        device_m, server_m = stage(split, staging, exporter=exporter, costs=_costs(split))
+        staged = Bundle(staging, BundleHalf(staging / DEVICE_DIR, device_m, f"{DEVICE_DIR}/"),
+                        BundleHalf(staging / SERVER_DIR, server_m, f"{SERVER_DIR}/"))
+        parity = check_parity(split, staged, inputs, threads=threads)
         if strict and not parity.passed:
             raise BundleError(f"the exported bundle does not match the split ({parity.criteria}): "
                               f"{parity.model_dump()}. Nothing was written; pass strict=False to "
                               f"keep it anyway.", file=_culprit(parity))
-        write_manifest(manifest.model_copy(update={"parity": parity}), staging)
+        write_manifest(device_m, staging / DEVICE_DIR)
+        write_manifest(server_m.model_copy(update={"parity": parity}), staging / SERVER_DIR)
         commit(staging, out_dir)
     finally:
         if staging.exists():

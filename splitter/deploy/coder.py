@@ -1,0 +1,300 @@
+"""The entropy coder both halves share: integer symbols + coder tables -> one string. numpy only.
+
+::
+
+    symbols s (n,) int, table indexes i (n,) ──► v = s − offset[i]; bin = v, or the escape bin
+        n <= SMALL_STREAM : byte-wise rANS, written here (below)            ──► bytes
+        n >  SMALL_STREAM : constriction's AnsCoder, one Categorical per table ──► 32-bit words (LE)
+    decode: the same choice by n (both sides know it) ─► symbols ─► range check ─► re-encode == string
+
+No torch: the device runtime imports this, and so does ``bottlenecks._rans`` (the torch
+face the bottleneck modules use), so the device and the server run the same code on the
+same tables and the bytes are identical by construction. A leaf like
+:mod:`splitter.deploy.payload`: anyone may import it.
+
+Tables are CompressAI's (``_quantized_cdf`` / ``_cdf_length`` / ``_offset``): 16-bit CDF
+rows whose last bin is an escape; a value outside a row's range is coded as the escape bin
+plus its magnitude in 4-bit pieces (a count, then the nibbles, low first).
+
+Short streams (``n <= SMALL_STREAM``): a byte-wise rANS (32-bit state, ``L = 2**23``) that
+starts from state 0 and flushes only the significant bytes of its final state, so a stream
+costs its information rounded up to a byte, plus about one. Hand-written because no coder
+we know of flushes that little: word-based coders (constriction, CompressAI) flush at least
+4-8 bytes, which more than doubles a 128-symbol latent coded in 6 bytes. It is pure Python,
+hence the size bound.
+
+Long streams (``n > SMALL_STREAM``), format ``ans32``: constriction's ``AnsCoder`` (a
+maintained Rust ANS coder; 64-bit state, 32-bit words, wheels for x86 and ARM). Symbols are
+coded grouped by table (tables in ascending order, positions in raster order within a
+table), each group with one ``Categorical`` built from that table's 16-bit frequencies
+(``perfect=False``); then every escape in raster order as 4-bit symbols under
+``Uniform(16)`` (its nibble count, 0..6, then its nibbles). The words are written
+little-endian. This replaced CompressAI's C++ coder, which only torch could reach.
+
+Decoding is hardened for untrusted strings: lengths are checked against what ``n``
+symbols can cost, escapes are bounded, decoded symbols are range-checked and must
+re-encode to the very string given, so any string either raises ``ValueError`` or decodes
+to in-range symbols whose encoding it is, in time O(n + len(string)).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+import numpy as np
+
+__all__ = ["SYMBOL_LIMIT", "SMALL_STREAM", "FORMAT", "Tables", "encode", "decode",
+           "max_string_bytes"]
+
+SYMBOL_LIMIT = 2**15  # |latent symbol| bound: escapes then need <= 5 nibbles
+SMALL_STREAM = 4096  # streams of at most this many symbols use the byte-wise coder
+FORMAT = "rans8<=4096+ans32"  # recorded in both manifests; a change here is a new wire format
+
+_PREC = 16  # CompressAI's entropy_coder_precision: every table row sums to 2**16
+_L = 1 << 23  # lower bound of the normalised state; the state stays below 2**31
+_NIB = 1 << (_PREC - 4)  # an escape nibble is a uniform symbol of frequency 2**12
+_MAX_NIBBLES = 6  # escape values below 2**24; SYMBOL_LIMIT-bounded values need <= 5
+
+
+class Tables:
+    """One entropy model's coder tables: ``cdf`` (T, L) int, ``lengths`` (T,), ``offsets`` (T,).
+
+    Row ``t`` holds ``lengths[t]`` CDF values from 0 to 2**16; its last bin is the escape.
+    Rows are checked once here (monotone, every bin > 0), so a bad table fails on load.
+    """
+
+    def __init__(self, cdf, lengths, offsets):
+        cdf = np.asarray(cdf, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        if cdf.ndim != 2 or cdf.shape[0] == 0 or len(lengths) != cdf.shape[0] or len(offsets) != cdf.shape[0]:
+            raise ValueError(f"coder tables do not fit together: cdf {cdf.shape}, lengths "
+                             f"{lengths.shape}, offsets {offsets.shape}; call bottleneck.update() "
+                             f"after training (or load a state dict that has them)")
+        if lengths.min() < 3 or lengths.max() > cdf.shape[1]:
+            raise ValueError("coder table lengths out of range; the tables are corrupt")
+        self.rows = [row[:n] for row, n in zip(cdf.tolist(), lengths.tolist())]
+        for t, row in enumerate(self.rows):
+            if row[0] != 0 or row[-1] != 1 << _PREC or any(b <= a for a, b in zip(row, row[1:])):
+                raise ValueError(f"coder table {t} is not a 16-bit CDF with every bin > 0; "
+                                 f"the tables are corrupt")
+        self.cdf = self.rows  # CompressAI's name for them
+        self.lengths = lengths
+        self.offsets = offsets
+        self._models: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def model(self, t: int):
+        """constriction ``Categorical`` of table ``t`` (its bins' 16-bit frequencies)."""
+        m = self._models.get(t)
+        if m is None:
+            import constriction
+
+            freqs = np.diff(np.asarray(self.rows[t], dtype=np.float64))
+            m = constriction.stream.model.Categorical(freqs, perfect=False)
+            self._models[t] = m
+        return m
+
+
+def _check_indexes(indexes, tables: Tables) -> np.ndarray:
+    idx = np.asarray(indexes).reshape(-1).astype(np.int64, copy=False)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(tables)):
+        raise ValueError(f"table indexes must be in 0..{len(tables) - 1}")
+    return idx
+
+
+# -- the byte-wise coder for short streams ---------------------------------------------------
+def _bins(symbols: list[int], indexes: list[int], tables: Tables) -> list[tuple[int, int]]:
+    """(start, frequency) of every coded step, in decoding order (escapes add nibbles)."""
+    steps = []
+    rows, lengths, offsets = tables.rows, tables.lengths.tolist(), tables.offsets.tolist()
+    for s, i in zip(symbols, indexes):
+        cdf, top = rows[i], lengths[i] - 2  # bin ``top`` is the escape
+        v = s - offsets[i]
+        raw = -1
+        if v < 0:
+            raw, v = -2 * v - 1, top
+        elif v >= top:
+            raw, v = 2 * (v - top), top
+        steps.append((cdf[v], cdf[v + 1] - cdf[v]))
+        if raw >= 0:
+            nibbles = (raw.bit_length() + 3) // 4
+            steps.append((nibbles * _NIB, _NIB))
+            steps += [(((raw >> (4 * j)) & 15) * _NIB, _NIB) for j in range(nibbles)]
+    return steps
+
+
+def _small_encode(symbols: list[int], indexes: list[int], tables: Tables) -> bytes:
+    x, out = 0, bytearray()
+    for start, freq in reversed(_bins(symbols, indexes, tables)):
+        x_max = (_L >> _PREC << 8) * freq
+        while x >= x_max:
+            out.append(x & 0xFF)
+            x >>= 8
+        x = ((x // freq) << _PREC) + x % freq + start
+    out.reverse()
+    return x.to_bytes((x.bit_length() + 7) // 8, "big") + bytes(out)
+
+
+def _small_decode(data: bytes, indexes: list[int], tables: Tables) -> list[int]:
+    """Decode; the caller checks the result re-encodes to ``data``."""
+    mask, pos, end, x = (1 << _PREC) - 1, 0, len(data), 0
+    rows, lengths, offsets = tables.rows, tables.lengths.tolist(), tables.offsets.tolist()
+
+    def refill() -> None:  # the encoder's emissions, read back; the flush first
+        nonlocal x, pos
+        while x < _L and pos < end:
+            x = (x << 8) | data[pos]
+            pos += 1
+
+    def step(start: int, freq: int) -> None:
+        nonlocal x
+        x = freq * (x >> _PREC) + (x & mask) - start
+        refill()
+
+    refill()
+    out = []
+    for i in indexes:
+        cdf, top = rows[i], lengths[i] - 2
+        v = bisect_right(cdf, x & mask, 0, top + 1) - 1
+        step(cdf[v], cdf[v + 1] - cdf[v])
+        if v == top:
+            nibbles, raw = (x & mask) // _NIB, 0
+            step(nibbles * _NIB, _NIB)
+            if nibbles > _MAX_NIBBLES:
+                raise ValueError("corrupted rANS string: escape value too long")
+            for j in range(nibbles):
+                nib = (x & mask) // _NIB
+                step(nib * _NIB, _NIB)
+                raw |= nib << (4 * j)
+            v = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + top
+        out.append(v + offsets[i])
+    if x != 0 or pos != end:
+        raise ValueError("corrupted rANS string: the coder state does not end where it began")
+    return out
+
+
+# -- constriction for long streams ------------------------------------------------------------
+def _groups(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Positions sorted by table (stable), and (table, start, stop) of each group, ascending."""
+    order = np.argsort(idx, kind="stable")
+    tables, starts = np.unique(idx[order], return_index=True)
+    stops = [*starts[1:].tolist(), len(idx)]
+    return order, list(zip(tables.tolist(), starts.tolist(), stops))
+
+
+def _nibble_symbols(raw: np.ndarray) -> np.ndarray:
+    """Escape magnitudes -> [count, nibbles (low first)] per escape, flattened, int32."""
+    out: list[int] = []
+    for r in raw.tolist():
+        count = (r.bit_length() + 3) // 4
+        out.append(count)
+        out += [(r >> (4 * j)) & 15 for j in range(count)]
+    return np.asarray(out, dtype=np.int32)
+
+
+def _long_encode(s: np.ndarray, idx: np.ndarray, tables: Tables) -> bytes:
+    import constriction
+
+    top = tables.lengths[idx] - 2
+    v = s - tables.offsets[idx]
+    neg, over = v < 0, v >= top
+    esc = neg | over
+    bins = np.where(esc, top, v).astype(np.int32)
+    coder = constriction.stream.stack.AnsCoder()
+    if esc.any():  # decoded last, so pushed first
+        raw = np.where(neg, -2 * v - 1, 2 * (v - top))[esc]
+        coder.encode_reverse(_nibble_symbols(raw), constriction.stream.model.Uniform(16))
+    order, groups = _groups(idx)
+    sorted_bins = bins[order]
+    for t, a, b in reversed(groups):
+        coder.encode_reverse(np.ascontiguousarray(sorted_bins[a:b]), tables.model(t))
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def _long_decode(data: bytes, idx: np.ndarray, tables: Tables) -> np.ndarray:
+    """Decode; the caller checks the result re-encodes to ``data``."""
+    import constriction
+
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        order, groups = _groups(idx)
+        sorted_bins = np.empty(len(idx), dtype=np.int64)
+        for t, a, b in groups:
+            sorted_bins[a:b] = coder.decode(tables.model(t), b - a)
+        bins = np.empty_like(sorted_bins)
+        bins[order] = sorted_bins
+        top = tables.lengths[idx] - 2
+        v = bins.copy()
+        esc = np.flatnonzero(bins == top)
+        if esc.size:
+            uniform = constriction.stream.model.Uniform(16)
+            for p in esc.tolist():
+                count = int(coder.decode(uniform))
+                if count > _MAX_NIBBLES:
+                    raise ValueError("corrupted rANS string: escape value too long")
+                nibs = coder.decode(uniform, count) if count else np.zeros(0, np.int64)
+                raw = sum(int(n) << (4 * j) for j, n in enumerate(nibs.tolist()))
+                v[p] = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + int(top[p])
+    except ValueError:
+        raise
+    except Exception as e:  # constriction raises its own types on invalid data
+        raise ValueError(f"corrupted rANS string: {type(e).__name__}: {e}") from None
+    return v + tables.offsets[idx]
+
+
+# -- the interface ------------------------------------------------------------------------------
+def _encode_checked(s: np.ndarray, idx: np.ndarray, tables: Tables) -> bytes:
+    """The one place that picks the coder: by the symbol count, which both sides know."""
+    if len(idx) <= SMALL_STREAM:
+        return _small_encode(s.tolist(), idx.tolist(), tables)
+    return _long_encode(s, idx, tables)
+
+
+def encode(symbols, indexes, tables: Tables, limit: int = SYMBOL_LIMIT) -> bytes:
+    """Integer symbols ``(n,)`` coded with table ``indexes[k]`` each -> one string."""
+    s = np.asarray(symbols).reshape(-1).astype(np.int64, copy=False)
+    idx = _check_indexes(indexes, tables)
+    if s.shape != idx.shape:
+        raise ValueError(f"{s.size} symbols but {idx.size} table indexes")
+    if s.size and int(np.abs(s).max()) > limit:
+        raise ValueError(f"symbol magnitude {int(np.abs(s).max())} exceeds the coder limit {limit}; "
+                         f"the latent is out of range (check the bottleneck's input scale)")
+    return _encode_checked(s, idx, tables)
+
+
+def max_string_bytes(n: int) -> int:
+    """Longest string :func:`encode` writes for ``n`` symbols within the limit.
+
+    A symbol costs at most 16 bits under a 16-bit table (24 under constriction's 24-bit
+    requantisation) plus an escape of at most 7 nibbles (count + 6 raw); the byte-wise
+    coder's flush adds at most 4 bytes, constriction's at most two words.
+    """
+    return 5 * n + 4 if n <= SMALL_STREAM else 7 * n + 16
+
+
+def decode(string: bytes, indexes, tables: Tables, limit: int = SYMBOL_LIMIT) -> np.ndarray:
+    """Inverse of :func:`encode`: one string -> int32 symbols ``(n,)``; ``ValueError`` if malformed."""
+    if not isinstance(string, (bytes, bytearray)):
+        raise ValueError(f"expected bytes, got {type(string).__name__}")
+    string = bytes(string)
+    idx = _check_indexes(indexes, tables)
+    n = len(idx)
+    if n <= SMALL_STREAM:
+        if len(string) > max_string_bytes(n):
+            raise ValueError(f"rANS string of {len(string)} bytes cannot hold {n} symbols "
+                             f"(at most {max_string_bytes(n)})")
+        values = np.asarray(_small_decode(string, idx.tolist(), tables), dtype=np.int64)
+    else:
+        if len(string) < 4 or len(string) % 4 or len(string) > max_string_bytes(n):
+            raise ValueError(f"ANS string of {len(string)} bytes cannot hold {n} symbols "
+                             f"(valid: a multiple of 4 in [4, {max_string_bytes(n)}])")
+        values = _long_decode(string, idx, tables)
+    if values.size and int(np.abs(values).max()) > limit:
+        raise ValueError("corrupted rANS string: decoded symbols out of range")
+    if _encode_checked(values, idx, tables) != string:
+        raise ValueError("corrupted rANS string: it does not re-encode to itself")
+    return values.astype(np.int32)
