@@ -16,18 +16,48 @@ and to ``graph_module.meta["weights"]``: ``{name: (numel, dtype)}`` for every we
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.fx.node import map_aggregate
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
-from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.utils.flop_counter import FlopCounterMode
 
 from passes._attention_flops import register_attention_flops
 
-__all__ = ["Annotate", "AnnotatePass", "BatchProbe", "module_path", "is_tensor_node", "plain_value"]
+__all__ = ["Annotate", "AnnotatePass", "BatchProbe", "module_path", "is_tensor_node", "plain_value",
+           "held_stderr"]
+
+log = logging.getLogger("splitter.trace")
+
+
+@contextlib.contextmanager
+def held_stderr(what: str) -> Iterator[None]:
+    """Hold what the block writes to ``sys.stderr``: passed on when the block succeeds, sent
+    to the ``splitter.trace`` logger at DEBUG when it raises.
+
+    torch prints diagnostics to stderr before raising (``ShapeProp``'s traceback,
+    ``torch.export``'s partial graph: 1,690 lines for a torchvision Faster R-CNN); the
+    exception that follows says what failed, the dump is for ``splitter --verbose``.
+    """
+    buf = io.StringIO()
+    ok = False
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+        ok = True
+    finally:
+        text = buf.getvalue()
+        if text and ok:
+            sys.stderr.write(text)
+        elif text:
+            log.debug("%s failed; it wrote:\n%s", what, text)
 
 
 def module_path(node: fx.Node) -> str:
@@ -61,11 +91,20 @@ def plain_value(obj: Any) -> bool:
     return obj is None or isinstance(obj, (bool, int, float, str, torch.dtype))
 
 
-class Annotate(fx.Interpreter):
-    """Interpreter that records shapes, module paths, FLOPs and weights while it runs."""
+class Annotate(ShapeProp):
+    """``ShapeProp`` that also records module paths, FLOPs, weights and plain Python values.
+
+    ``ShapeProp.run_node`` writes ``tensor_meta`` and ``type``; this class wraps it in a
+    ``FlopCounterMode`` and adds the other keys. Two things ShapeProp does are undone here:
+    it keeps a stale ``tensor_meta`` on a node whose new value holds no tensor (popped first),
+    and on a failing node it prints the traceback to stderr and raises a ``RuntimeError``
+    carrying the whole ``node.meta``; the print goes to the ``splitter`` logger at DEBUG
+    (``splitter --verbose`` shows it) and the original exception is re-raised, so callers
+    see the failing op and its source line rather than the wrapper.
+    """
 
     def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm, garbage_collect_values=True)
+        super().__init__(gm)
         register_attention_flops()
         self._weights: dict[str, tuple[int, torch.dtype]] = {}
         self._named = dict(gm.named_parameters(remove_duplicate=False))
@@ -77,30 +116,21 @@ class Annotate(fx.Interpreter):
         return out
 
     def run_node(self, n: fx.Node) -> Any:
-        with FlopCounterMode(display=False) as counter:
-            result = super().run_node(n)
+        n.meta.pop("tensor_meta", None)  # ShapeProp only writes it when the value has tensors
+        with held_stderr(f"running node {n.name}"), FlopCounterMode(display=False) as counter:
+            try:
+                result = super().run_node(n)
+            except RuntimeError as e:
+                cause = e.__cause__
+                if cause is None or not str(e).startswith("ShapeProp error"):
+                    raise
+                raise cause from None  # the op's own error and traceback, not ShapeProp's wrapper
         n.meta["flops"] = int(counter.get_total_flops())
         n.meta["module_path"] = module_path(n)
         n.meta["weights"] = self._weights_of(n)
-
-        found = False
-
-        def extract(obj: Any) -> Any:
-            nonlocal found
-            if isinstance(obj, torch.Tensor):
-                found = True
-                return _extract_tensor_metadata(obj)
-            return obj
-
-        meta = map_aggregate(result, extract)
-        if found:
-            n.meta["tensor_meta"] = meta
-        else:
-            n.meta.pop("tensor_meta", None)
         n.meta.pop("value", None)
-        if not found and plain_value(result):
+        if "tensor_meta" not in n.meta and plain_value(result):
             n.meta["value"] = result  # lets a tail re-create it instead of receiving it
-        n.meta["type"] = type(result)
         return result
 
     def _weights_of(self, n: fx.Node) -> tuple[str, ...]:

@@ -14,9 +14,11 @@ modifies it.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 import linecache
+import operator
 import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from passes.annotate import Annotate, BatchProbe
+from passes.annotate import Annotate, BatchProbe, held_stderr
 from passes.cuts import CutPoint, find_cut_points
 from splitter.errors import InputShapeError, ModelError, TraceError, UnknownLayerError, closest
 
@@ -43,10 +45,16 @@ def load_model(
     """Resolve ``model`` to ``(nn.Module, display name)``.
 
     ``model`` is a module, a timm model name (``resnet50``) or an import path
-    ``package.module:factory`` (the factory is called with ``kwargs``). ``checkpoint`` is a
-    state-dict file (safetensors or a torch ``.pt`` loaded with ``weights_only=True``).
+    ``package.module:factory``. ``kwargs`` are the model's arguments (``--model-args k=v``,
+    the YAML's ``model_args``): passed to the factory or to ``timm.create_model``.
+    ``checkpoint`` is a state-dict file (safetensors or a torch ``.pt`` loaded with
+    ``weights_only=True``). Every failure is a :class:`ModelError` saying what to change.
     """
     if isinstance(model, nn.Module):
+        if kwargs:
+            raise ModelError(f"model arguments {_kv(kwargs)} apply to a model name or "
+                             f"'package.module:factory', not to a built {type(model).__name__}; "
+                             f"build the module with them instead")
         module, name = model, type(model).__name__
     elif isinstance(model, str) and ":" in model:
         mod_name, _, attr = model.partition(":")
@@ -57,7 +65,7 @@ def load_model(
                 f"cannot import {model!r}: {e}. Use the form 'package.module:factory' with a "
                 f"module on the Python path and a callable that returns an nn.Module."
             ) from e
-        module, name = factory(**kwargs), model
+        module, name = _build(model, factory, kwargs), model
         if not isinstance(module, nn.Module):
             raise ModelError(f"{model!r} returned {type(module).__name__}, not an nn.Module")
     elif isinstance(model, str):
@@ -68,12 +76,57 @@ def load_model(
                 f"unknown timm model {model!r}; closest: {closest(model, timm.list_models())}. "
                 f"Pass a timm name, an nn.Module or 'package.module:factory'."
             )
-        module, name = timm.create_model(model, pretrained=pretrained, **kwargs), model
+        create = functools.partial(timm.create_model, model, pretrained=pretrained)
+        module, name = _build(model, create, kwargs), model
     else:
         raise ModelError(f"expected an nn.Module or a string, got {type(model).__name__}")
     if checkpoint:
         _load_checkpoint(module, checkpoint)
     return module, name
+
+
+def _kv(kwargs: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v!r}" for k, v in kwargs.items()) or "(none)"
+
+
+# Exceptions (or causes) that mean "no network": huggingface_hub, httpx, requests, urllib.
+_OFFLINE = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError",
+            "ConnectTimeout", "URLError", "gaierror", "ProxyError", "NameResolutionError"}
+
+
+def _offline(e: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if any(c.__name__ in _OFFLINE for c in type(cur).__mro__):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _build(name: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """``factory(**kwargs)``, its failures turned into a :class:`ModelError` with a next step."""
+    try:
+        return factory(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the factory is user code: every failure is reported
+        if _offline(e):
+            raise ModelError(
+                f"the weights of {name} cannot be downloaded here ({type(e).__name__}). Download "
+                f"them where there is network, then pass the file with --checkpoint FILE "
+                f"(Python: checkpoint=FILE) and leave out --pretrained (for a factory, pass "
+                f"--model-args weights=None and the like so it builds without downloading)."
+            ) from e
+        hint = ""
+        if isinstance(e, TypeError) and kwargs:
+            try:
+                sig = f"{name.rpartition(':')[2]}{inspect.signature(factory)}" if ":" in name else name
+            except (TypeError, ValueError):
+                sig = name
+            hint = f" Check the model arguments {_kv(kwargs)} against {sig}."
+        else:
+            hint = " Check the model and its arguments (--model-args k=v)."
+        raise ModelError(f"building {name} failed: {_describe_failure(e)}.{hint}") from e
 
 
 def _load_checkpoint(module: nn.Module, path: str) -> None:
@@ -92,6 +145,9 @@ def _load_checkpoint(module: nn.Module, path: str) -> None:
         raise ModelError(f"checkpoint {path!r} does not exist") from e
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
         raise ModelError(f"cannot read checkpoint {path!r}: {e}") from e
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
+    _check_shapes(module, state, path)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing:
         raise ModelError(
@@ -101,11 +157,97 @@ def _load_checkpoint(module: nn.Module, path: str) -> None:
     del unexpected  # extra keys (e.g. EMA copies, optimizer state) are ignored on purpose
 
 
+def _check_shapes(module: nn.Module, state: dict[str, Any], path: str) -> None:
+    """Raise :class:`ModelError` naming every weight whose shape differs between file and model.
+
+    When the mismatch is the classifier's output size (``num_classes``) the message names the
+    model argument that fixes it, with the file's class count.
+    """
+    own = module.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+           if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if not bad:
+        return
+    listed = "; ".join(f"{k}: {_dims(f)} in the file, {_dims(m)} in the model" for k, f, m in bad[:4])
+    more = f" (and {len(bad) - 4} more)" if len(bad) > 4 else ""
+    classes = _file_classes(module, bad)
+    if classes is not None:
+        fix = (f"The file was trained for {classes} classes: build the model to match with "
+               f"--model-args num_classes={classes} (YAML: model_args: {{num_classes: {classes}}}; "
+               f"Python: load_model(..., num_classes={classes})).")
+    else:
+        fix = ("Build the model with the arguments the checkpoint was trained with "
+               "(--model-args k=v, or the YAML's model_args).")
+    raise ModelError(f"checkpoint {path!r} does not fit the model: {len(bad)} weights differ in "
+                     f"shape ({listed}{more}). {fix}")
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _file_classes(module: nn.Module, bad: list[tuple[str, tuple, tuple]]) -> int | None:
+    """The checkpoint's class count when only the final classifier's output rows differ."""
+    head = None
+    get = getattr(module, "get_classifier", None)
+    if callable(get):
+        try:
+            head = get()
+        except Exception:  # noqa: BLE001 - a model whose get_classifier fails has none to name
+            head = None
+    linears = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not isinstance(head, (nn.Linear, nn.Conv2d)):
+        head = linears[-1] if linears else None
+    if head is None:
+        return None
+    prefix = next((n for n, m in module.named_modules() if m is head), None)
+    if prefix is None:
+        return None
+    keys = {f"{prefix}.weight", f"{prefix}.bias"}
+    if not all(k in keys for k, _, _ in bad):
+        return None
+    rows = {f[0] for _, f, _ in bad}
+    same_rest = all(f[1:] == m[1:] for _, f, m in bad)
+    return rows.pop() if len(rows) == 1 and same_rest else None
+
+
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
     """(C, H, W) from timm's ``pretrained_cfg`` when present, else (3, 224, 224)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     shape = cfg.get("input_size") if isinstance(cfg, dict) else None
     return tuple(shape) if shape else (3, 224, 224)
+
+
+def _is_image_model(module: nn.Module) -> bool:
+    """A model that takes ``(C, H, W)`` samples: timm says so, or it holds a 2-D convolution."""
+    cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if size is not None:
+        return len(size) == 3
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _check_shape(module: nn.Module, input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints, checked against the kind of model."""
+    try:
+        shape = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise InputShapeError(f"input_shape must be one sample's positive sizes such as "
+                              f"(3, 224, 224), got {input_shape!r}")
+    if len(shape) != 3 and _is_image_model(module):
+        want = default_input_shape(module)
+        if len(want) != 3:
+            want = (3, 224, 224)
+        c, h, w = want
+        raise InputShapeError(
+            f"input size {','.join(map(str, shape))} has {len(shape)} dims, but this is an image "
+            f"model: one sample is C,H,W (channels, height, width), e.g. {c},{h},{w}. Pass "
+            f"--input-size {c},{h},{w} (Python: input_shape=({c}, {h}, {w})); the batch "
+            f"dimension is added for you."
+        )
+    return shape
 
 
 def _data_config(model: nn.Module) -> dict[str, Any]:
@@ -150,7 +292,10 @@ def _trace_fx(model: nn.Module) -> fx.GraphModule:
 
 
 def _trace_export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    ep = torch.export.export(model, (example,), strict=False)
+    # On failure torch.export prints the partial graph to stderr (1,690 lines for a
+    # torchvision Faster R-CNN) before raising: held for `splitter --verbose` only.
+    with held_stderr("torch.export"):
+        ep = torch.export.export(model, (example,), strict=False)
     gm = ep.module()
     # Drop the pytree in/out codegen so the graph runs as a plain GraphModule.
     gm.graph._codegen = fx.graph.CodeGen()
@@ -209,15 +354,44 @@ class Graph:
         names = [cp.name for cp in self._cuts] + [a for cp in self._cuts for a in cp.aliases]
         raise UnknownLayerError(at, closest(at, names))
 
-    def stage_names(self) -> list[str]:
-        """Cut names at timm ``feature_info`` stage outputs (empty for a model without it)."""
-        out = []
+    def stages(self) -> list[CutPoint]:
+        """The model's stages: the cut points ``points --stages``, ``sweep`` (its default
+        points) and ``split`` name as stages, in execution order, ends excluded.
+
+        The rule, one for every model source:
+
+        1. timm ``feature_info`` where it names real modules: the model's own and that of
+           every submodule that has one (a hybrid ViT's ResNet stem, ``patch_embed.backbone``,
+           lists its stages there), each module that ends at a cut point;
+        2. otherwise the top-level children (below single-child wrappers) whose output is a
+           single-tensor cut, such as ``conv1 ... layer4, avgpool`` of torchvision's ResNet.
+        """
+        return list(self._stages)
+
+    @cached_property
+    def _stages(self) -> list[CutPoint]:
+        ends = {self._cuts[0].index, self._cuts[-1].index}
+        found: dict[int, CutPoint] = {}
         for m in self.feature_modules:
             try:
-                out.append(self.cut(m).name)
+                cp = self.cut(m)
             except UnknownLayerError:
                 continue
-        return list(dict.fromkeys(out))
+            if cp.index not in ends:
+                found.setdefault(cp.index, cp)
+        if not found:
+            for m in _top_children(self.gm):
+                try:
+                    cp = self.cut(m)
+                except UnknownLayerError:
+                    continue
+                if cp.single and cp.index not in ends:
+                    found.setdefault(cp.index, cp)
+        return [found[i] for i in sorted(found)]
+
+    def stage_names(self) -> list[str]:
+        """Names of :meth:`stages`."""
+        return [cp.name for cp in self._stages]
 
     def check_input(self, x: torch.Tensor, *, fixed: bool = False) -> None:
         """Raise :class:`InputShapeError` when ``x`` cannot be what the model expects.
@@ -266,21 +440,42 @@ class Graph:
 def _feature_modules(module: nn.Module) -> list[str]:
     """Module paths of timm's ``feature_info`` stages, resolved against the module tree.
 
-    Some timm models name a stage relative to an inner trunk (``blocks.0`` for
-    ``encoder.blocks.0``); a name that is no module path but the dotted suffix of exactly one
-    is resolved to it. Names matching nothing are kept as they are (``stage_names`` skips them).
+    The model's own ``feature_info`` and that of every submodule holding one (a timm model
+    inside another, such as the ResNet of a hybrid ViT at ``patch_embed.backbone``), each
+    prefixed with that submodule's path. Some timm models name a stage relative to an inner
+    trunk (``blocks.0`` for ``encoder.blocks.0``); a name that is no module path but the dotted
+    suffix of exactly one is resolved to it. Names matching nothing are kept as they are
+    (:meth:`Graph.stages` skips them).
     """
-    stages = [f.get("module") for f in getattr(module, "feature_info", None) or []
-              if isinstance(f, dict) and f.get("module")]
     paths = [n for n, _ in module.named_modules() if n]
     have = set(paths)
     out = []
-    for f in stages:
-        if f not in have:
-            hits = [p for p in paths if p.endswith("." + f)]
-            f = hits[0] if len(hits) == 1 else f
-        out.append(f)
-    return out
+    for owner, sub in module.named_modules():
+        info = getattr(sub, "feature_info", None)
+        info = getattr(info, "info", info)  # timm's FeatureInfo wraps the list
+        if not isinstance(info, (list, tuple)):
+            continue
+        prefix = f"{owner}." if owner else ""
+        for f in info:
+            name = f.get("module") if isinstance(f, dict) else None
+            if not name:
+                continue
+            full = prefix + name
+            if full not in have:
+                hits = [p for p in paths if p.endswith("." + full)]
+                full = hits[0] if len(hits) == 1 else full
+            out.append(full)
+    return list(dict.fromkeys(out))
+
+
+def _top_children(gm: fx.GraphModule) -> list[str]:
+    """Child module paths of the outermost module with more than one child."""
+    prefix, mod = "", gm
+    while True:
+        kids = [(n, m) for n, m in mod.named_children()]
+        if len(kids) != 1:
+            return [prefix + n for n, _ in kids]
+        prefix, mod = f"{prefix}{kids[0][0]}.", kids[0][1]
 
 
 def trace(
@@ -291,16 +486,22 @@ def trace(
     frontend: str = "auto",
     pretrained: bool = False,
     checkpoint: str | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> Graph:
     """Trace ``model`` into an annotated :class:`Graph`.
 
     ``input_shape`` is one sample's shape, ``(C, H, W)``; by default the model's
     ``pretrained_cfg`` input size. ``frontend`` is ``"auto"`` (fx, then export), ``"fx"`` or
-    ``"export"``. Raises :class:`TraceError` naming the failing op when no frontend works.
+    ``"export"``. ``model_args`` go to the factory or ``timm.create_model`` (see
+    :func:`load_model`). Raises :class:`InputShapeError` before tracing when ``input_shape``
+    cannot be one sample of this model, and :class:`TraceError` naming the failing op and
+    its source line when no frontend works (what torch printed on the way is logged at
+    DEBUG on the ``splitter.trace`` logger: ``splitter --verbose``).
     """
-    module, name = load_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    module, name = load_model(model, pretrained=pretrained, checkpoint=checkpoint,
+                              **(model_args or {}))
     module = copy.deepcopy(module).eval()  # never touch the caller's model
-    shape = tuple(input_shape) if input_shape else default_input_shape(module)
+    shape = _check_shape(module, input_shape) if input_shape else default_input_shape(module)
     example = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0))
     order = {"auto": ["fx", "export"], "fx": ["fx"], "export": ["export"]}.get(frontend)
     if order is None:
