@@ -39,7 +39,7 @@ print(f"device encoder: {s.costs.encoder_params:,} parameters, {s.costs.encoder_
 
 # Deploy: ONNX head for the device, tail for the server, coder tables, manifest.
 inputs = torch.stack([test[i][0] for i in range(32)])
-splitter.export(s, "runs/quickstart_bundle", inputs=inputs)
+splitter.export(s, "runs/quickstart_bundle", inputs=inputs, overwrite=True)
 bundle = splitter.load_bundle("runs/quickstart_bundle")
 data = bundle.device().encode(x.unsqueeze(0))
 print("bundle round trip:", int(bundle.server().decode(data).argmax(-1)[0]), f"({len(data)} bytes)")

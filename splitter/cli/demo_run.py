@@ -288,7 +288,7 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
         s = splits[chosen.setting]
         bundle_dir = str(out / "bundle")  # an older bundle there is replaced
         xs = torch.stack([test[i][0] for i in range(32)])
-        splitter.export(s, bundle_dir, inputs=xs)
+        splitter.export(s, bundle_dir, inputs=xs, overwrite=True)
         b = splitter.load_bundle(bundle_dir)
         x, y = test[0]
         payload = b.device().encode(x.unsqueeze(0))

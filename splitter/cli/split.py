@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitter.cli._common import add_model_args, trace_from_args
+from splitter.cli._common import add_model_args, parse_value, trace_from_args
 
 HELP = "split a model at a layer (optionally with a bottleneck); with --out, export a deployable bundle"
 
@@ -13,17 +13,13 @@ def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as quality=50, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(value.lower(), value)
+    return key, parse_value(value)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--at", required=True, help="cut after this module path or FX node (see `splitter points`)")
+    p.add_argument("--at", required=True,
+                   help="cut after this module path or FX node (`splitter points MODEL --stages` lists the stages)")
     p.add_argument("--bottleneck", metavar="KIND", help="identity, crbq, entropy, hyperprior, jpeg, webp")
     p.add_argument("--channels", type=int, help="latent channels of the bottleneck")
     p.add_argument("--mode", choices=["insert", "replace"], default="insert",
@@ -31,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                    help="another bottleneck option, e.g. --option quality=50 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="export a bundle here (head.onnx, tail, tables, manifest.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                    help="ONNX exporter (auto: dynamo, then torchscript)")
 
@@ -41,10 +38,17 @@ def run(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.channels is not None:
         options["channels"] = args.channels
+    if args.out:
+        from splitter.deploy.export import check_out_dir
+
+        check_out_dir(args.out, overwrite=args.overwrite)  # before the minutes of tracing
     g = trace_from_args(args)
     kw = {"bottleneck": args.bottleneck, "mode": args.mode} if args.bottleneck else {}
     s = split(g, args.at, **kw, **options)
     print(s)
+    stages = g.stage_names()
+    if s.cut.name in stages:
+        print(f"  stage {stages.index(s.cut.name) + 1} of {len(stages)} (`splitter points --stages`)")
     for t in s.cut.tensors:
         print(f"  wire at {s.cut.name}: {t.name} {tuple(t.shape[1:])} {t.dtype} ({t.nbytes:,} B)")
     try:
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from splitter.deploy.export import export
 
-    b = export(s, args.out, exporter=args.exporter)
+    b = export(s, args.out, exporter=args.exporter, overwrite=args.overwrite)
     m = b.manifest
     print(f"bundle {b.path}:")
     for name, f in sorted(m.files.items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from splitter.cli._common import add_model_args, trace_from_args
+from splitter.cli._common import STAGES_HELP, add_model_args, trace_from_args
 from splitter.errors import ConfigError
 
 HELP = "cost every split point (plain and with bottlenecks), predict latency, plot the trade-offs"
@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--at", metavar="A,B,C", help="these points (module paths or node names)")
-    which.add_argument("--stages", action="store_true", help="the timm stage outputs (the default)")
+    which.add_argument("--stages", action="store_true", help=STAGES_HELP + " (the default)")
     which.add_argument("--all", action="store_true", help="every cut point")
     p.add_argument("--bottleneck", metavar="KIND[:k=v,...]", action="append", default=[],
                    help="also try this bottleneck at each point, e.g. crbq:channels=12 or "

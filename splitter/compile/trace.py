@@ -318,7 +318,10 @@ def _describe_failure(e: BaseException) -> str:
             where = f" at {fr.filename}:{fr.lineno} `{line}`"
             break
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg[:300]}{where}"
+    if len(msg) > 160:  # a short error: its first sentence (`splitter --verbose` has the rest)
+        cut = msg.find(". ", 20)
+        msg = msg[:cut + 1] if 0 < cut < 160 else msg[:157] + "..."
+    return f"{type(e).__name__}: {msg}{where}"
 
 
 @dataclass

@@ -10,7 +10,8 @@
           ─► rename to out_dir ─► load_bundle(out_dir)
 
 Nothing appears at ``out_dir`` unless every file was written and the check ran; a failed
-export leaves ``out_dir`` as it was.
+export leaves ``out_dir`` as it was. A bundle already at ``out_dir`` is replaced only with
+``overwrite=True`` (CLI ``--overwrite``), and then atomically (renamed over, never half-written).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import torch
 
 from splitter.deploy.runtime import Bundle, BundleHalf, load_bundle
 from splitter.errors import BundleError
-from targets.bundle import check_target, commit, make_staging_dir, stage, write_manifest
+from targets.bundle import check_target, commit, is_export, make_staging_dir, stage, write_manifest
 from targets.manifest import DEVICE_DIR, SERVER_DIR, Parity
 from targets.tail import flat_outputs
 
-__all__ = ["export", "check_parity"]
+__all__ = ["export", "check_parity", "check_out_dir"]
 
 MIN_IDENTICAL = 0.9999  # integer symbols: ONNX and torch must round the same way
 FLOAT_RTOL = 1e-4  # float symbols (identity kind): kernels differ in the last bits, and a
@@ -125,8 +126,20 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
                   criteria=_criteria(integer, rtol))
 
 
+def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Raise :class:`BundleError` before any work when exporting to ``out_dir`` would replace
+    a bundle without ``overwrite`` or anything that is not a bundle (never replaced)."""
+    out_dir = Path(out_dir)
+    check_target(out_dir)
+    if not overwrite and out_dir.is_dir() and is_export(out_dir):
+        raise BundleError(f"{out_dir} already holds a bundle; pass overwrite=True "
+                          f"(CLI: --overwrite) to replace it, or export to another directory "
+                          f"(nothing was written)", file=str(out_dir))
+
+
 def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
-           exporter: str = "auto", strict: bool = True, threads: int | None = None) -> Bundle:
+           exporter: str = "auto", strict: bool = True, threads: int | None = None,
+           overwrite: bool = False) -> Bundle:
     """Write ``split`` as a bundle in ``out_dir`` and return it, loaded and verified.
 
     Two halves, each with its own ``manifest.json``: ``device/`` holds ``head.onnx``
@@ -136,10 +149,12 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
     either half alone. ``inputs`` (``(N, C, H, W)``, default 32 random) drive the
     parity check recorded in the manifest; with ``strict`` a failed check raises
     :class:`~splitter.errors.BundleError` and writes nothing. ``exporter``: ``"auto"``
-    (dynamo, then torchscript), ``"dynamo"`` or ``"torchscript"``.
+    (dynamo, then torchscript), ``"dynamo"`` or ``"torchscript"``. A bundle already at
+    ``out_dir`` raises :class:`~splitter.errors.BundleError` unless ``overwrite``; a directory
+    that is not a bundle is never replaced.
     """
     out_dir = Path(out_dir)
-    check_target(out_dir)
+    check_out_dir(out_dir, overwrite=overwrite)
     split.eval()
     staging = make_staging_dir(out_dir)
     try:
@@ -153,6 +168,7 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
                               f"keep it anyway.", file=_culprit(parity))
         write_manifest(device_m, staging / DEVICE_DIR)
         write_manifest(server_m.model_copy(update={"parity": parity}), staging / SERVER_DIR)
+        check_out_dir(out_dir, overwrite=overwrite)  # again: one may have appeared meanwhile
         commit(staging, out_dir)
     finally:
         if staging.exists():
