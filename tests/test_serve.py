@@ -4,13 +4,8 @@ garbage gets 400, oversized bodies get 413, and the server keeps answering. Also
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,23 +13,15 @@ import pytest
 import torch
 
 import splitter
+from tests._server import REPO, start_server
+from tests._server import env as _env
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 4096
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    torch.manual_seed(0)
     s = splitter.split("test_resnet", at="layer2", bottleneck="crbq", channels=4, input_shape=(3, 64, 64))
     d = tmp_path_factory.mktemp("serve") / "bundle"
     b = splitter.export(s, d, exporter="torchscript", threads=1)
@@ -43,33 +30,8 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(exported):
-    _, b = exported
-    port = _free_port()
-    cmd = [sys.executable, "-m", "splitter.cli", "serve", str(b.path), "--host", "127.0.0.1",
-           "--port", str(port), "--max-bytes", str(MAX_BYTES), "--threads", "1", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not answer /v1/health within 120 s")
-            time.sleep(0.3)
+    with start_server(exported[1].path, "--max-bytes", str(MAX_BYTES), ready="/v1/health") as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _post(url, body, **kw):
