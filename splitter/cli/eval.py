@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from splitter.cli._common import parse_shape
-from splitter.errors import SplitterError
+from splitter.cli._common import add_model_args_option, model_args, parse_shape
+from splitter.errors import InputShapeError, SplitterError
 
 HELP = "measure accuracy and bytes per sample from real payloads, vs JPEG/WebP inputs"
 
@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="teacher weights (.safetensors or .pt)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the teacher's head")
     p.add_argument("--input-size", type=parse_shape, default=None, metavar="C,H,W")
+    add_model_args_option(p)
     p.add_argument("--qualities", type=_ints, default=None, metavar="Q,Q,...",
                    help="JPEG / WebP qualities (default 1,5,10,20,30,50,75,90)")
     p.add_argument("--codecs", default="jpeg,webp", help="input codecs to compare, or 'none'")
@@ -40,12 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
 
 
-def _teacher(args, name: str | None, checkpoint: str | None, model_args: dict):
+def _teacher(args, name: str | None, checkpoint: str | None, margs: dict):
     from splitter.compile.trace import load_model
 
     if name is None:
         return None
-    kw = dict(model_args)
+    kw = dict(margs)
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
     return load_model(name, checkpoint=checkpoint, **kw)[0].eval()
@@ -60,13 +61,17 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     target, teacher, shape, label = None, None, args.input_size, args.target
+    if shape is not None and len(shape) != 3:
+        raise InputShapeError(f"--input-size {','.join(map(str, shape))} has {len(shape)} dims; "
+                              f"images are C,H,W (channels, height, width), e.g. 3,224,224")
+    margs = model_args(args)
     path = args.target
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "manifest.json")):
         from splitter.deploy.runtime import load_bundle
 
         target = load_bundle(path)
         shape = shape or tuple(target.manifest.input.shape)
-        teacher = _teacher(args, args.teacher, args.checkpoint, {})
+        teacher = _teacher(args, args.teacher, args.checkpoint, margs)
         label = f"bundle {path}"
     elif (os.path.isdir(path) and os.path.exists(os.path.join(path, "config.yaml"))) \
             or path.endswith((".yaml", ".yml")):
@@ -79,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
         fit_teacher, target, _, _ = build(cfg)
         load_split(target, os.path.join(cfg.output_dir, "split.safetensors"))
         shape = shape or tuple(target.graph.input_shape)
-        teacher = (_teacher(args, args.teacher, args.checkpoint, {}) if args.teacher
+        teacher = (_teacher(args, args.teacher, args.checkpoint, margs) if args.teacher
                    else fit_teacher)
         label = f"{cfg.bottleneck.kind} at {cfg.cut}"
     else:
-        teacher = _teacher(args, path, args.checkpoint, {})
+        teacher = _teacher(args, path, args.checkpoint, margs)
         if shape is None:
             from splitter.compile.trace import default_input_shape
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from splitter.cli._common import model_args, parse_model_args
+
 HELP = "fit (distil) a bottleneck from a YAML config; resumable, torchrun-aware"
 
 
@@ -16,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N optimizer steps (a checkpoint is written; --resume continues)")
     p.add_argument("--output-dir", default=None, help="override the config's output_dir")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
+    p.add_argument("--model-args", metavar="K=V[,K=V]", type=parse_model_args, action="append",
+                   default=[], help="override or add to the config's model_args, e.g. num_classes=10")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-eval", action="store_true", help="skip measuring real payloads at the end")
 
@@ -32,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.output_dir = args.output_dir
     if args.device:
         cfg.device = args.device
+    if args.model_args:
+        cfg.model_args = {**cfg.model_args, **model_args(args)}
     with open(args.config) as f:
         text = f.read()
+    if args.model_args:  # the saved config.yaml must rebuild this model: write the merged one
+        text = None
     split, report, _, test = run_config(cfg, resume=args.resume, max_steps=args.max_steps,
                                         progress=not args.no_progress, config_text=text)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -89,6 +89,13 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
         raise SplitterError(f"{what} holds {len(unexpected)} tensors this split does not have, "
                             f"e.g. {unexpected[:3]}; was it written for another model, cut or "
                             f"bottleneck?")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        listed = "; ".join(f"{k}: {f} in the file, {m} in the split" for k, f, m in wrong[:4])
+        raise SplitterError(f"{what} does not fit this split: {len(wrong)} tensors differ in "
+                            f"shape ({listed}). Build the split as the file was written: same "
+                            f"model and model_args, cut and bottleneck options (e.g. channels=).")
     # Tensors shared with an earlier part were stored once, under that part's name.
     module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
     del missing  # shared tensors; checked by the caller against the whole file

@@ -27,7 +27,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from splitter.errors import ConfigError
 from splitter.train.fit import DEFAULT_STAGES, Stage
@@ -59,7 +59,9 @@ class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    model_args: dict[str, Any] = Field(default_factory=dict)
+    model_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="arguments of the factory / timm.create_model, as --model-args k=v gives them")
     checkpoint: str | None = None
     input_size: tuple[int, int, int] | None = None
     cut: str
@@ -70,6 +72,16 @@ class FitConfig(BaseModel):
     seed: int = 0
     output_dir: str = "runs/fit"
     device: str = "cpu"
+
+    @field_validator("model_args")
+    @classmethod
+    def _model_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Keys are Python names; the text ``None`` means None, as on the command line
+        (``--model-args weights=None``), so a YAML ``weights: None`` does not pass a string."""
+        bad = [k for k in v if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise ValueError(f"model_args keys must be argument names, not {bad}")
+        return {k: None if isinstance(x, str) and x in ("None", "none") else x for k, x in v.items()}
 
 
 # -- loading with line numbers -----------------------------------------------------------------
@@ -88,6 +100,29 @@ def _marks(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[t
         for i, v in enumerate(node.value):
             _marks(v, path + (i,), out)
     return out
+
+
+def _no_duplicates(node: yaml.Node, source: str, path: tuple = ()) -> None:
+    """Raise :class:`ConfigError` at the second occurrence of a key in any mapping.
+
+    PyYAML keeps the last value of a repeated key without a word (YAML 1.2 says keys are
+    unique); a config whose ``lr`` is set twice almost always has a mistake in it.
+    """
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            line = k.start_mark.line + 1
+            if key is not None and key in first:
+                where = ".".join(str(p) for p in (*path, key))
+                raise ConfigError(f"{source}:{line}: duplicate key {where!r} (first set on line "
+                                  f"{first[key]}); keep one of the two")
+            if key is not None:
+                first[key] = line
+            _no_duplicates(v, source, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_duplicates(v, source, (*path, i))
 
 
 def _line(marks: dict[tuple, int], loc: tuple) -> int | None:
@@ -112,6 +147,8 @@ def parse_config(text: str, source: str = "<config>") -> FitConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys (model:, cut:, bottleneck:, ...), "
                           f"got {type(data).__name__}")
+    if node is not None:
+        _no_duplicates(node, source)
     marks = _marks(node) if node is not None else {}
     try:
         return FitConfig.model_validate(data)
