@@ -1,5 +1,5 @@
-"""A damaged bundle never loads: every file flipped, truncated or deleted in turn raises
-``BundleError`` naming that file, and loading never unpickles anything."""
+"""A damaged bundle never loads: every file of either half flipped, truncated or deleted in
+turn raises ``BundleError`` naming that file, and loading never unpickles anything."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 
 import splitter
 from splitter.errors import BundleError
-from targets.manifest import dump
+from targets.manifest import DeviceManifest, Manifest, dump
 
-FILES = ["manifest.json", "head.onnx", "tail.onnx", "tail.pt2", "tables.safetensors"]
+FILES = ["device/manifest.json", "device/head.onnx", "device/coder.safetensors",
+         "server/manifest.json", "server/tail.onnx", "server/tail.pt2", "server/tables.safetensors"]
 
 
 @pytest.fixture(scope="module")
@@ -63,46 +64,61 @@ def test_damaged_file_is_named(copy, name, damage):
     assert name in str(e.value)
 
 
-def _rewrite_manifest(d, edit):
-    """Edit the manifest and re-seal its own digest, as a careful attacker would."""
-    from targets.manifest import Manifest
-
-    data = json.loads((d / "manifest.json").read_text())
+def _rewrite_manifest(d, edit, half="server"):
+    """Edit a half's manifest and re-seal its own digest, as a careful attacker would."""
+    path = d / half / "manifest.json"
+    data = json.loads(path.read_text())
     edit(data)
-    (d / "manifest.json").write_bytes(dump(Manifest.model_validate(data)))
+    cls = DeviceManifest if half == "device" else Manifest
+    path.write_bytes(dump(cls.model_validate(data)))
 
 
 def test_replaced_file_with_resealed_manifest_still_checks_hashes(copy):
     """Swap head.onnx for another model and fix up its size (not its hash) in the manifest."""
-    new = (copy / "tail.onnx").read_bytes()
-    (copy / "head.onnx").write_bytes(new)
-    _rewrite_manifest(copy, lambda data: data["files"]["head.onnx"].__setitem__("size", len(new)))
+    new = (copy / "server" / "tail.onnx").read_bytes()
+    (copy / "device" / "head.onnx").write_bytes(new)
+    _rewrite_manifest(copy, lambda data: data["files"]["head.onnx"].__setitem__("size", len(new)),
+                      "device")
     with pytest.raises(BundleError, match="sha256") as e:
         splitter.load_bundle(copy)
+    assert e.value.file == "device/head.onnx"
+    with pytest.raises(BundleError, match="sha256") as e:  # the half alone checks it too
+        splitter.load_bundle(copy / "device")
     assert e.value.file == "head.onnx"
 
 
+@pytest.mark.parametrize("half", ["device", "server"])
 @pytest.mark.parametrize("key, value, message", [
-    ("schema_version", 2, "schema_version 2"),  # a newer schema than this build reads
+    ("schema_version", 3, "schema_version 3"),  # a newer schema than this build reads
     ("surprise", 1, "surprise"),  # a field the schema does not have
+    ("role", "client", "role 'client'"),
 ])
-def test_manifest_edits_are_rejected(copy, key, value, message):
-    data = json.loads((copy / "manifest.json").read_text())
+def test_manifest_edits_are_rejected(copy, half, key, value, message):
+    path = copy / half / "manifest.json"
+    data = json.loads(path.read_text())
     data[key] = value
-    (copy / "manifest.json").write_text(json.dumps(data))
+    path.write_text(json.dumps(data))
     with pytest.raises(BundleError, match=message) as e:
         splitter.load_bundle(copy)
-    assert e.value.file == "manifest.json"
+    assert e.value.file == f"{half}/manifest.json"
+
+
+def test_resealed_export_id_no_longer_matches_the_other_half(copy):
+    _rewrite_manifest(copy, lambda data: data.__setitem__("export_id", "0" * 32), "device")
+    with pytest.raises(BundleError, match="do not belong together") as e:
+        splitter.load_bundle(copy)
+    assert "export_id" in str(e.value)
+    splitter.load_bundle(copy / "device")  # alone, the half is still a valid bundle
 
 
 def test_manifest_cannot_point_outside_the_bundle(copy):
     def edit(data):
         data["files"]["../escape"] = data["files"]["head.onnx"]
 
-    _rewrite_manifest(copy, edit)
+    _rewrite_manifest(copy, edit, "device")
     with pytest.raises(BundleError, match="outside the bundle") as e:
         splitter.load_bundle(copy)
-    assert e.value.file == "manifest.json"
+    assert e.value.file == "device/manifest.json"
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # the planted entry shadows the real one
@@ -116,10 +132,10 @@ def test_a_pickle_planted_in_tail_pt2_never_runs(copy, monkeypatch):
         def __reduce__(self):
             return (exec, ("raise SystemExit('unpickled!')",))
 
-    with zipfile.ZipFile(copy / "tail.pt2", "a") as z:
+    with zipfile.ZipFile(copy / "server" / "tail.pt2", "a") as z:
         name = next(n for n in z.namelist() if n.endswith("sample_inputs/model.pt"))
         z.writestr(name, pickle.dumps(Boom()))
-    entry = sha256_file(copy / "tail.pt2")
+    entry = sha256_file(copy / "server" / "tail.pt2")
     _rewrite_manifest(copy, lambda data: data["files"].__setitem__("tail.pt2", entry.model_dump()))
 
     def trap(*a, **k):
@@ -136,3 +152,6 @@ def test_a_pickle_planted_in_tail_pt2_never_runs(copy, monkeypatch):
 def test_not_a_directory(tmp_path):
     with pytest.raises(BundleError, match="not a directory"):
         splitter.load_bundle(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="holds no manifest.json"):
+        splitter.load_bundle(tmp_path / "empty")

@@ -64,7 +64,7 @@ for d in json.loads(sys.argv[1]):
     b = splitter.load_bundle(d)
     device, server = b.device(threads=1), b.server(threads=1)
     x = np.load(d + ".x.npy", allow_pickle=False)
-    np.save(d + ".sym.npy", device.symbols(x).numpy())
+    np.save(d + ".sym.npy", np.asarray(device.symbols(x)))
     y = [server.decode(device.encode(x[i:i + 8])).numpy() for i in range(0, len(x), 8)]
     np.save(d + ".y.npy", np.concatenate(y))
 print("fresh ok")
@@ -109,8 +109,12 @@ def test_bundle_in_a_fresh_process_matches_the_split(tmp_path, name):
 
     # the manifest says how the files were made and what the self-check found
     m = b.manifest
-    assert sorted(os.listdir(d)) == ["head.onnx", "manifest.json", "tables.safetensors",
-                                     "tail.onnx", "tail.pt2"]
+    assert sorted(os.listdir(d)) == ["device", "server"]
+    assert sorted(os.listdir(d / "device")) == ["coder.safetensors", "head.onnx", "manifest.json"]
+    assert sorted(os.listdir(d / "server")) == ["manifest.json", "tables.safetensors", "tail.onnx",
+                                                "tail.pt2"]
+    dm = b.device_manifest
+    assert dm.export_id == m.export_id and dm.cut == m.cut and dm.symbols == m.symbols
     assert m.export.head.exporter == ("dynamo" if exporter == "auto" else exporter)
     assert m.export.head.dynamic_batch and m.export.tail.dynamic_batch
     assert m.bottleneck.kind == kw["bottleneck"] and m.bottleneck.options["channels"] == kw["channels"]
@@ -119,8 +123,9 @@ def test_bundle_in_a_fresh_process_matches_the_split(tmp_path, name):
     assert m.parity.coder_matches_split and m.parity.top1_agreement == 1.0
     assert m.parity.symbols_identical >= 0.9999
     assert m.costs is not None and m.costs["cut"] == m.cut.name
-    for f, entry in m.files.items():
-        assert (d / f).stat().st_size == entry.size
+    for half, man in (("device", dm), ("server", m)):
+        for f, entry in man.files.items():
+            assert (d / half / f).stat().st_size == entry.size
     assert set(m.versions) >= {"torch", "timm", "compressai", "onnx", "onnxruntime", "splitter"}
 
 
