@@ -35,12 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
         mod_name = f"splitter.cli.{name}"
         if importlib.util.find_spec(mod_name) is None:
             continue
-        mod = importlib.import_module(mod_name)
+        try:
+            mod = importlib.import_module(mod_name)
+            mod.add_arguments(argparse.ArgumentParser(add_help=False))  # probe: imports it needs
+        except ModuleNotFoundError as e:  # a device install (no compiler extra): say what is missing
+            _unavailable(sub, name, e.name or str(e))
+            continue
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _unavailable(sub, name: str, missing: str) -> None:
+    """A command whose dependencies this install lacks still parses, then says how to get them."""
+    help_ = f"(needs {missing}: pip install 'sc2-splitter[compiler]')"
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        raise SplitterError(f"`splitter {name}` needs {missing}, which this install lacks (the "
+                            f"device runtime only has encode); pip install 'sc2-splitter[compiler]'")
+
+    p.set_defaults(_run=run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,4 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"splitter: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if e.name not in _COMPILER_MODULES:
+            raise
+        print(f"splitter: error: `splitter {args.command}` needs {e.name}, which this install "
+              f"lacks (a device install runs encode only); pip install 'sc2-splitter[compiler]'",
+              file=sys.stderr)
+        return 2
+
+
+# top-level modules of the compiler extra: missing on a device install
+_COMPILER_MODULES = {"torch", "torchvision", "timm", "compressai", "networkx", "onnx",
+                     "onnxscript", "matplotlib", "tqdm", "yaml", "sklearn", "fastapi", "uvicorn"}
 
