@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from splitter.errors import SplitterError
 
 __all__ = ["EvalRow", "EvalReport", "evaluate", "evaluate_model", "evaluate_payloads",
-           "codec_baseline", "encode_image", "QUALITIES", "CODECS"]
+           "codec_baseline", "encode_image", "payload_sizes", "QUALITIES", "CODECS"]
 
 QUALITIES: tuple[int, ...] = (1, 5, 10, 20, 30, 50, 75, 90)
 CODECS: tuple[str, ...] = ("jpeg", "webp")
@@ -122,6 +122,21 @@ def evaluate_payloads(target: Any, data: Dataset, *, method: str = "split", sett
         sizes.append(len(payload))
         correct += int(int(_logits(decode(payload)).argmax(-1)[0]) == int(y))
     return _row(method, setting, correct, sizes, n)
+
+
+@torch.no_grad()
+def payload_sizes(target: Any, samples: Sequence[torch.Tensor]) -> tuple[list[int], np.ndarray]:
+    """Each ``(1, C, H, W)`` sample as its own payload: ``(len(payload) per sample, top-1 of
+    the decoded output per sample)``."""
+    if hasattr(target, "eval"):
+        target.eval()
+    encode, decode = _coders(target)
+    sizes, preds = [], []
+    for x in samples:
+        payload = encode(x)
+        sizes.append(len(payload))
+        preds.append(int(_logits(decode(payload)).reshape(1, -1).argmax(-1)[0]))
+    return sizes, np.asarray(preds, dtype=np.int64)
 
 
 def encode_image(image: Image.Image, codec: str, quality: int | str) -> bytes:

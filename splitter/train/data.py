@@ -10,8 +10,14 @@ plus two built-ins that also keep the source image (for input-compression baseli
 - :func:`digits`: scikit-learn's bundled handwritten digits (1,797 real 8×8 images with
   4-bit gray levels 0..16, no download), upscaled to the model input, with a fixed seeded
   stratified train/test split.
+- :func:`fashion_mnist`: Zalando's Fashion-MNIST (70,000 real 28×28 gray images, 10
+  classes) from Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets``), read
+  from its IDX files; the digits preprocessing.
 - :func:`image_folder`: ``DIR/<class>/<image>`` (torchvision ``ImageFolder`` listing) with
   the model's own preprocessing from timm (``resolve_data_config`` + ``create_transform``).
+
+Every dataset here pickles (its loaders are module-level classes), so sweeps can hand it to
+worker processes and Ray.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from torch.utils.data import Dataset
 
 from splitter.errors import SplitterError
 
-__all__ = ["SourceImages", "digits", "digits_transform", "image_folder", "as_dataset", "DIGITS_SIZE"]
+__all__ = ["SourceImages", "digits", "digits_transform", "fashion_mnist", "image_folder", "as_dataset",
+           "holdout", "DIGITS_SIZE", "FASHION_DIR"]
 
 DIGITS_SIZE = 1797  # images in sklearn.datasets.load_digits
 
@@ -131,13 +138,114 @@ def digits(split: str = "train", input_size: Sequence[int] = (3, 32, 32), *, see
     else:
         raise SplitterError(f"digits split must be 'train', 'test' or 'all', not {split!r}")
     gray = np.round(images[idx].astype(np.float64) * 255.0 / 16.0).astype(np.uint8)
-
-    def load(i: int) -> Image.Image:
-        return Image.fromarray(gray[i], mode="L")
-
-    return SourceImages(load, labels[idx], digits_transform(input_size),
+    return SourceImages(_GrayArray(gray), labels[idx], digits_transform(input_size),
                         [str(k) for k in range(10)], cache=True, name=f"digits/{split}",
                         augment=digits_augment() if augment else None)
+
+
+class _GrayArray:
+    """``i -> PIL "L" image`` of a ``(N, H, W)`` uint8 array (a class, so datasets pickle)."""
+
+    def __init__(self, gray: np.ndarray):
+        self.gray = gray
+
+    def __call__(self, i: int) -> Image.Image:
+        return Image.fromarray(self.gray[i], mode="L")
+
+
+# -- Fashion-MNIST ----------------------------------------------------------------------------
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """An IDX file (``.gz`` or not): big-endian dims after a 4-byte magic, then uint8 data."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise SplitterError(f"{path} is not an IDX file of unsigned bytes; reinstall it with "
+                            f"apt-get install --reinstall dataset-fashion-mnist")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(dims))
+
+
+def fashion_mnist(split: str = "train", input_size: Sequence[int] = (3, 28, 28), *,
+                  root: str | None = None, limit: int | None = None,
+                  augment: bool = False) -> SourceImages:
+    """Fashion-MNIST: ``"train"`` (60,000) or ``"test"`` (10,000) 28×28 gray images.
+
+    Read from ``root`` (default ``$SPLITTER_FASHION_MNIST`` or :data:`FASHION_DIR`, where
+    ``apt-get install dataset-fashion-mnist`` puts it); ``limit`` keeps the first ``limit``
+    images (the files' own order). Preprocessing as :func:`digits_transform`.
+    """
+    root = root or os.environ.get("SPLITTER_FASHION_MNIST", FASHION_DIR)
+    if split not in ("train", "test"):
+        raise SplitterError(f"fashion-mnist split must be 'train' or 'test', not {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    paths = []
+    for what in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        cands = [os.path.join(root, f"{prefix}-{what}{ext}") for ext in (".gz", "")]
+        found = [c for c in cands if os.path.exists(c)]
+        if not found:
+            raise SplitterError(f"Fashion-MNIST is not installed (no {cands[0]}); install it with "
+                                f"`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
+                                f"put the four IDX files in a directory and set "
+                                f"SPLITTER_FASHION_MNIST to it")
+        paths.append(found[0])
+    images, labels = _read_idx(paths[0]), _read_idx(paths[1]).astype(np.int64)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return SourceImages(_GrayArray(np.ascontiguousarray(images)), labels,
+                        digits_transform(input_size), list(FASHION_CLASSES), cache=True,
+                        name=f"fashion-mnist/{split}", augment=digits_augment() if augment else None)
+
+
+# -- held-out part of one dataset ---------------------------------------------------------------
+
+class _Part(Dataset):
+    """Some indices of a dataset, keeping ``raw``/``transform``/``targets`` when it has them."""
+
+    def __init__(self, data: Dataset, indices: Sequence[int], name: str):
+        self.data, self.indices, self.name = data, [int(i) for i in indices], name
+        if hasattr(data, "targets"):
+            self.targets = [data.targets[i] for i in self.indices]
+        if hasattr(data, "transform"):
+            self.transform = data.transform
+        if hasattr(data, "raw"):
+            self.raw = lambda i: data.raw(self.indices[i])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "raw"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if hasattr(self.data, "raw"):
+            self.raw = lambda i: self.data.raw(self.indices[i])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.data[self.indices[i]]
+
+
+def holdout(data: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` parts of one dataset: a seeded random ``fraction`` held out."""
+    n = len(data)
+    if n < 2:
+        raise SplitterError(f"cannot hold out a test part of a dataset of {n} sample(s); give "
+                            f"separate train and test data")
+    perm = np.random.default_rng(seed).permutation(n)
+    k = max(1, int(round(n * fraction)))
+    name = getattr(data, "name", type(data).__name__)
+    return (_Part(data, np.sort(perm[k:]), f"{name}/train"),
+            _Part(data, np.sort(perm[:k]), f"{name}/held-out"))
 
 
 # -- image folders ----------------------------------------------------------------------------
@@ -164,19 +272,29 @@ def image_folder(root: str, model: nn.Module | str | None = None, *,
     cfg = resolve_data_config(args, model=model) if model is not None else resolve_data_config(args)
     transform = create_transform(**cfg)
 
-    def load(i: int) -> Image.Image:
-        with Image.open(folder.samples[i][0]) as im:
-            return im.convert("RGB")
+    return SourceImages(_FolderImages([path for path, _ in folder.samples]), folder.targets, transform, folder.classes, name=root)
 
-    return SourceImages(load, folder.targets, transform, folder.classes, name=root)
+
+class _FolderImages:
+    """``i -> PIL RGB image`` read from the i-th file (a class, so datasets pickle)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> Image.Image:
+        with Image.open(self.paths[i]) as im:
+            return im.convert("RGB")
 
 
 def as_dataset(data: str | Dataset, *, split: str = "train", model: nn.Module | str | None = None,
                input_size: Sequence[int] | None = None, seed: int = 0) -> Dataset:
-    """``"digits"`` (its ``split``), a directory (``DIR/split`` when it exists) or a Dataset."""
+    """``"digits"``, ``"fashion-mnist"`` (its ``split``), a directory (``DIR/split`` when it
+    exists) or a Dataset."""
     if isinstance(data, Dataset):
         return data
     if data == "digits":
         return digits(split, input_size or (3, 32, 32), seed=seed)
+    if data in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+        return fashion_mnist("train" if split == "train" else "test", input_size or (3, 28, 28))
     sub = os.path.join(data, split)
     return image_folder(sub if os.path.isdir(sub) else data, model, input_size=input_size)
