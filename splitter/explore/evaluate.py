@@ -141,7 +141,8 @@ def payload_sizes(target: Any, samples: Sequence[torch.Tensor]) -> tuple[list[in
 
 def encode_image(image: Image.Image, codec: str, quality: int | str) -> bytes:
     """The file Pillow writes for ``image``: JPEG (optimized Huffman tables, the image's own
-    mode) or WebP (method 6; ``quality="lossless"`` for lossless)."""
+    mode) or WebP (method 6; ``quality="lossless"`` for lossless); ``avif``, ``heif`` and
+    ``jxl`` as :func:`splitter.explore.codecs.encode_image` writes them."""
     buf = io.BytesIO()
     if codec == "jpeg":
         im = image if image.mode in ("L", "RGB") else image.convert("RGB")
@@ -151,8 +152,10 @@ def encode_image(image: Image.Image, codec: str, quality: int | str) -> bytes:
             image.save(buf, format="WEBP", lossless=True, quality=100, method=6)
         else:
             image.save(buf, format="WEBP", quality=int(quality), method=6)
-    else:
-        raise SplitterError(f"unknown input codec {codec!r}; use 'jpeg' or 'webp'")
+    else:  # AVIF, HEIF, JPEG XL: splitter.explore.codecs
+        from splitter.explore.codecs import encode_image as encode_other
+
+        return encode_other(image, codec, int(quality))
     return buf.getvalue()
 
 
