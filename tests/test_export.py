@@ -170,8 +170,12 @@ def test_export_refuses_to_overwrite_a_non_bundle(tmp_path):
     assert os.listdir(keep) == ["notes.txt"]
     assert sorted(os.listdir(tmp_path)) == ["mine"]
     b1 = splitter.export(s, tmp_path / "b", exporter="torchscript", threads=1)
-    b2 = splitter.export(s, tmp_path / "b", exporter="torchscript", threads=1)  # replaces it
-    assert b2.manifest.files == b1.manifest.files
+    with pytest.raises(BundleError, match="overwrite=True"):
+        splitter.export(s, tmp_path / "b", exporter="torchscript", threads=1)
+    b2 = splitter.export(s, tmp_path / "b", exporter="torchscript", threads=1, overwrite=True)
+    assert b2.manifest.files == b1.manifest.files  # the same files; a new export id ties them
+    assert b2.manifest.export_id != b1.manifest.export_id
+    assert b2.device_manifest.export_id == b2.manifest.export_id
     assert sorted(os.listdir(tmp_path)) == ["b", "mine"]
 
 
