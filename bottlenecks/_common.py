@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from bottlenecks.spec import REPLACE_CHANNELS
+
 __all__ = ["check_strings", "check_spatial", "resolve_mode", "reduced_channels", "ste_round",
            "straight_through", "build_coders", "check_symbols"]
 
@@ -48,10 +50,11 @@ def resolve_mode(in_shape: tuple[int, ...], out_shape: tuple[int, ...] | None,
     return mode
 
 
-def reduced_channels(channels: int | None, c: int, kind: str, default_div: int = 4) -> int:
-    """Latent channels: ``channels`` if 1 <= channels <= C, default C // default_div."""
+def reduced_channels(channels: int | None, c: int, kind: str, default: int | None = None) -> int:
+    """Latent channels: ``channels`` if 1 <= channels <= C; else ``default`` (capped at C),
+    or C // 4 when no default is given."""
     if channels is None:
-        return max(1, c // default_div)
+        return min(default, c) if default is not None else max(1, c // 4)
     channels = int(channels)
     if channels < 1 or channels > c:
         raise ValueError(f"{kind}: channels={channels} is not in 1..{c}; the cut has {c} channels, "
@@ -96,7 +99,9 @@ def build_coders(kind: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...
                              f"a token sequence has no grid to rebuild: use mode='insert'")
         image = nchw_shape(in_shape, "nchw")
         out = nchw_shape(out_shape, layout)
-        k = reduced_channels(channels, out[0], kind)
+        # Entropic Student size, not C // 4: the encoder must stay small next to the head
+        # it replaces (ResNet-50 at layer1: K = 24, 138,672 parameters, as in the paper)
+        k = reduced_channels(channels, out[0], kind, default=REPLACE_CHANNELS)
         enc, dec, (hl, wl) = replace_coders(image, out, k)
     return mode, k, enc, dec, (k, hl, wl)
 

@@ -41,32 +41,49 @@ REGISTRY: dict[str, type[Bottleneck]] = {}
 
 
 def register(name: str):
-    """Class decorator: make a bottleneck kind creatable by name."""
+    """Class decorator: the class that implements kind ``name`` of :data:`bottlenecks.KINDS`.
+
+    Wire id, stream count and options are declared once, in :mod:`bottlenecks.spec`; the
+    class takes its ``n_streams`` from there.
+    """
+    from bottlenecks.spec import kind_info
+
+    info = kind_info(name)
 
     def deco(cls: type[Bottleneck]) -> type[Bottleneck]:
         cls.kind = name
+        cls.n_streams = info.streams
         REGISTRY[name] = cls
         return cls
 
     return deco
 
 
-def create(name: str, **options: Any) -> Bottleneck:
+def create(name: str, *, in_shape: tuple[int, ...], layout: str = "nchw",
+           out_shape: tuple[int, ...] | None = None, mode: str | None = None,
+           **options: Any) -> Bottleneck:
     """Build a registered bottleneck by name, as ``timm.create_model`` does for models.
 
-    ``options`` always include ``in_shape`` (one sample, no batch) and ``layout``; the rest
-    (``channels``, ``quality``, ...) are the kind's own.
+    ``in_shape`` (one sample, no batch), ``layout``, ``out_shape`` and ``mode`` say where it
+    sits; ``options`` are the kind's own (``channels``, ``quality``, ...), validated against
+    its options model: an unknown or mistyped option raises
+    :class:`~splitter.errors.BottleneckError` naming what is allowed.
     """
-    from bottlenecks import _load_all
+    import importlib
 
-    _load_all()
-    if name not in REGISTRY:
-        from difflib import get_close_matches
+    from bottlenecks.spec import BottleneckSpec
 
-        near = get_close_matches(name, list(REGISTRY), n=3, cutoff=0.0)
-        raise KeyError(f"unknown bottleneck {name!r}; registered kinds: {sorted(REGISTRY)} "
-                       f"(closest: {near})")
-    return REGISTRY[name](**options)
+    options.pop("in_layout", None)  # older manifests: implied by mode="replace"
+    mode = mode or ("replace" if out_shape is not None and tuple(out_shape) != tuple(in_shape)
+                    else "insert")
+    spec = BottleneckSpec(kind=name, mode=mode, options=options)
+    importlib.import_module(spec.info.module)
+    opts = spec.resolved().model_dump()
+    opts.pop("layout")
+    cls = REGISTRY[name]
+    if mode == "replace":
+        return cls(in_shape, layout, out_shape, mode=mode, **opts)
+    return cls(in_shape, layout, out_shape, **opts)
 
 
 def infer_layout(shape: tuple[int, ...]) -> str:
@@ -126,7 +143,7 @@ class Bottleneck(nn.Module, ABC):
     n_streams: ClassVar[int] = 1  # strings per sample in the payload
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
-                 out_shape: tuple[int, ...] | None = None, **_: Any):
+                 out_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.in_shape = tuple(in_shape)
         self.layout = layout
@@ -165,6 +182,16 @@ class Bottleneck(nn.Module, ABC):
     # -- what runs where (read by cost counting and export) --------------------------------
     # Convention: device-side layers live under ``self.encoder``, server-side ones under
     # ``self.decoder``; an entropy model's coder tables are buffers named in ``table_buffers``.
+
+    def encode_modules(self) -> dict[str, nn.Module]:
+        """The layers ``encode`` runs on the device (the head holds these and nothing else)."""
+        enc = getattr(self, "encoder", None)
+        return {"encoder": enc} if isinstance(enc, nn.Module) else {}
+
+    def decode_modules(self) -> dict[str, nn.Module]:
+        """The layers ``decode`` runs on the server (the tail's share of the bottleneck)."""
+        dec = getattr(self, "decoder", None)
+        return {"decoder": dec} if isinstance(dec, nn.Module) else {}
 
     def encoder_tensors(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers ``encode`` reads on the device, coder tables excluded."""

@@ -47,12 +47,12 @@ def tile_grid(c: int, h: int, w: int) -> tuple[int, int]:
 class ImageCodec(Bottleneck):
     """Base for the Pillow codecs; subclasses set ``format``. Option: ``quality`` (1..100)."""
 
-    n_streams = 1
+
     format = "JPEG"
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
                  out_shape: tuple[int, ...] | None = None, channels: int | None = None,
-                 quality: int = 75, **_):
+                 quality: int = 75):
         super().__init__(in_shape, layout, out_shape)
         if resolve_mode(self.in_shape, out_shape, "insert") != "insert":
             raise ValueError(f"{self.kind} cannot replace the head; use bottleneck='entropy' "

@@ -35,10 +35,10 @@ __all__ = ["ChannelReductionQuant"]
 class ChannelReductionQuant(Bottleneck):
     """Options: ``channels`` (K, default C // 4, at most C at the cut)."""
 
-    n_streams = 1
+
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
-                 out_shape: tuple[int, ...] | None = None, channels: int | None = None, **_):
+                 out_shape: tuple[int, ...] | None = None, channels: int | None = None):
         super().__init__(in_shape, layout, out_shape)
         if resolve_mode(self.in_shape, out_shape, "insert") != "insert":
             raise ValueError("crbq cannot replace the head; use bottleneck='entropy' for mode='replace'")

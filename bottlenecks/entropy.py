@@ -35,11 +35,11 @@ class FactorizedPrior(Bottleneck):
     (``insert`` | ``replace``; default: replace when ``out_shape`` differs).
     """
 
-    n_streams = 1
+
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
                  out_shape: tuple[int, ...] | None = None, channels: int | None = None,
-                 mode: str | None = None, **_):
+                 mode: str | None = None):
         super().__init__(in_shape, layout, out_shape)
         self.mode, self.channels, self.encoder, self.decoder, self.latent = build_coders(
             "entropy", self.in_shape, out_shape, layout, channels, mode)

@@ -47,12 +47,12 @@ class MeanScaleHyperprior(Bottleneck):
     """Options: ``channels`` (K of y, default C // 4), ``hyper_channels`` (of z, default
     max(1, K // 2)), ``mode`` (``insert`` | ``replace``), ``scale_levels`` (default 64)."""
 
-    n_streams = 2  # strings[sample] = [y residual, z]
+
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw",
                  out_shape: tuple[int, ...] | None = None, channels: int | None = None,
                  mode: str | None = None, hyper_channels: int | None = None,
-                 scale_levels: int = 64, **_):
+                 scale_levels: int = 64):
         super().__init__(in_shape, layout, out_shape)
         self.mode, self.channels, self.encoder, self.decoder, self.latent = build_coders(
             "hyperprior", self.in_shape, out_shape, layout, channels, mode)

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -20,10 +18,10 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 
 @register("identity")
 class Identity(Bottleneck):
-    n_streams = 1
+
 
     def __init__(self, in_shape: tuple[int, ...], layout: str = "nchw", dtype: str = "fp32",
-                 out_shape: tuple[int, ...] | None = None, **options: Any):
+                 out_shape: tuple[int, ...] | None = None):
         if out_shape is not None and tuple(out_shape) != tuple(in_shape):
             raise ValueError("identity cannot replace a head (mode='replace'): it has no encoder; "
                              "use 'entropy' or 'crbq'")

@@ -22,6 +22,9 @@ __all__ = [
     "PayloadError",
     "BundleError",
     "ConfigError",
+    "PassError",
+    "PreconditionError",
+    "PostconditionError",
     "closest",
 ]
 
@@ -98,3 +101,15 @@ class BundleError(SplitterError, ValueError):
 
 class ConfigError(SplitterError, ValueError):
     """A configuration file has a wrong key or type; the message points at the key and line."""
+
+
+class PassError(SplitterError, RuntimeError):
+    """A graph pass met a graph it cannot work on (the pass and the graph are named)."""
+
+
+class PreconditionError(PassError):
+    """A pass's ``requires`` failed: its input graph is not what the pass needs."""
+
+
+class PostconditionError(PassError):
+    """A pass's ``ensures`` failed: its output graph does not hold what the pass promises."""

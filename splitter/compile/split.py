@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from bottlenecks.spec import KINDS, BottleneckSpec
 from passes.cuts import CutPoint
 from passes.partition import partition
 from splitter.compile.trace import Graph, trace
@@ -45,7 +46,8 @@ class Split(nn.Module):
         post: fx.GraphModule | None = None,
         bottleneck: nn.Module | None = None,
         mode: str = "plain",
-        options: dict[str, Any] | None = None,
+        spec: BottleneckSpec | None = None,
+        layout: str | None = None,
     ):
         super().__init__()
         self.graph = graph
@@ -56,19 +58,36 @@ class Split(nn.Module):
         self.post = post if post is not None else tail
         self.bottleneck = bottleneck
         self.mode = mode
-        self.options = dict(options or {})
+        self.spec = spec  # None for a plain split or a bottleneck passed as a module
+        self.layout = layout
         self._costs = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The bottleneck's options as given (validated), plus the layout it was built for."""
+        opts = dict(self.spec.options) if self.spec is not None else {}
+        return opts | ({"layout": self.layout} if self.layout else {})
 
     # -- running -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Any:
         self.graph.check_input(x, fixed=self.cut.fixed_shape)
         try:
-            return self.tail(self.head(x))
+            return self.tail(self._through_coder(self.head(x)))
         except Exception as e:  # a model fixed to its traced size fails deep inside: say so
             err = self.graph.input_error(x, e)
             if err is None:
                 raise
             raise err from e
+
+    def _through_coder(self, symbols: torch.Tensor) -> torch.Tensor:
+        """What the server gets: the symbols themselves for a lossless coder, and what the
+        codec makes of them for a lossy one (jpeg/webp), so ``split(x)`` computes exactly
+        ``split.decode(split.encode(x))``."""
+        bn = self.bottleneck
+        if bn is None or KINDS[bn.kind].lossless:
+            return symbols
+        with torch.no_grad():
+            return bn.decompress(bn.compress(symbols), bn.spatial(symbols)).to(symbols.dtype)
 
     def train_forward(self, x: torch.Tensor) -> tuple[Any, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Training pass: ``(output, reconstructed cut tensor, likelihoods)``.
@@ -150,25 +169,36 @@ def split(
     model: nn.Module | str | Graph,
     at: str,
     *,
-    bottleneck: str | nn.Module | None = None,
-    mode: str = "insert",
+    bottleneck: str | BottleneckSpec | nn.Module | None = None,
+    mode: str | None = None,
     input_shape: tuple[int, ...] | None = None,
     **options: Any,
 ) -> Split:
     """Split ``model`` right after ``at`` (a module path, FX node name or ``input``/``output``).
 
     Without ``bottleneck`` the split is exact: ``s.tail(s.head(x))`` equals ``model(x)``.
-    With one (a registered kind such as ``"crbq"``, ``"entropy"``, or a module), it is
-    inserted after the cut (``mode="insert"``) or replaces the head (``mode="replace"``);
-    ``options`` (``channels=``, ``quality=``, ...) go to the bottleneck.
+    With one (a registered kind such as ``"crbq"``, ``"entropy"``, a ``"kind:k=v"`` string,
+    a :class:`~bottlenecks.spec.BottleneckSpec` or a module), it is inserted after the cut
+    (``mode="insert"``, the default) or replaces the head (``mode="replace"``, the Entropic
+    Student: an encoder on the image with ``min(24, C)`` latent channels unless
+    ``channels=`` says otherwise). ``options`` (``channels=``, ``quality=``, ...) are the
+    kind's own and are validated before the model is traced: an unknown or mistyped option
+    raises :class:`~splitter.errors.BottleneckError` naming what is allowed.
     """
+    if bottleneck is None:
+        if options or mode not in (None, "plain"):
+            given = sorted(options) + (["mode"] if mode not in (None, "plain") else [])
+            raise CutError(f"options {given} need a bottleneck=; a plain split takes none")
+    elif not isinstance(bottleneck, nn.Module):
+        bottleneck = BottleneckSpec.of(bottleneck, mode=mode, **options)  # fails before tracing
+    elif options:
+        raise CutError(f"options {sorted(options)} go to a bottleneck kind; a ready module "
+                       f"takes none (build it with them instead)")
     graph = model if isinstance(model, Graph) else trace(model, input_shape)
     cut = graph.cut(at)
     if bottleneck is None:
-        if options:
-            raise CutError(f"options {sorted(options)} need a bottleneck=; a plain split takes none")
         head, tail = partition(graph.gm, cut)
         return Split(graph, cut, head, tail, mode="plain")
     from splitter.compile.bottleneck import build_bottleneck_split
 
-    return build_bottleneck_split(graph, cut, bottleneck, mode=mode, options=options)
+    return build_bottleneck_split(graph, cut, bottleneck, mode=mode or "insert")

@@ -5,7 +5,7 @@
     offset  size        field
     0       2           magic  b"SP"
     2       1           version (2)
-    3       1           kind id (see KIND_IDS), plus SHORT (0x80) for the short form
+    3       1           kind id (``wire_id`` in bottlenecks/spec.py), plus SHORT (0x80) for the short form
     long form:
     4       varint      batch size B            (1 .. limits.max_batch)
     .       1           D, number of symbol dims (0 .. 4)
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from bottlenecks.spec import KINDS
 from splitter.errors import PayloadError
 
 __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack", "unpack",
@@ -42,9 +43,10 @@ __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack
 MAGIC = b"SP"
 VERSION = 2
 SHORT = 0x80  # kind-byte flag: one sample, the receiver's dims, last string runs to the end
-KIND_IDS = {"identity": 1, "crbq": 2, "entropy": 3, "hyperprior": 4, "jpeg": 5, "webp": 6}
+# read from the kinds' one declaration (bottlenecks/spec.py, no torch)
+KIND_IDS = {k.name: k.wire_id for k in KINDS.values()}
 KIND_NAMES = {v: k for k, v in KIND_IDS.items()}
-STREAMS = {"identity": 1, "crbq": 1, "entropy": 1, "hyperprior": 2, "jpeg": 1, "webp": 1}
+STREAMS = {k.name: k.streams for k in KINDS.values()}
 MAX_DIMS = 4
 
 
