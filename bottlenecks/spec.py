@@ -104,9 +104,10 @@ def _allowed(info: Kind, field: str) -> str:
 
 def _option_error(info: Kind, err: ValidationError) -> BottleneckError:
     """One readable message for every problem pydantic found in a kind's options."""
-    parts = []
+    parts, first = [], None
     for e in err.errors():
         key = str(e["loc"][0]) if e["loc"] else "?"
+        first = first or key
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown option {key!r} for {info.name} (did you mean "
                          f"{closest(key, info.option_names(), 1)[0]!r}? valid options: "
@@ -114,7 +115,7 @@ def _option_error(info: Kind, err: ValidationError) -> BottleneckError:
         else:
             parts.append(f"{info.name} option {key}={e.get('input')!r}: {e['msg']} "
                          f"({_allowed(info, key)})")
-    return BottleneckError("; ".join(parts))
+    return BottleneckError("; ".join(parts), option=first)
 
 
 def _unwrap(err: ValidationError) -> BottleneckError:

@@ -84,7 +84,12 @@ class InputValueError(SplitterError, ValueError):
 
 
 class BottleneckError(SplitterError, ValueError):
-    """A bottleneck kind or option that cannot work at this cut."""
+    """A bottleneck kind or option that cannot work at this cut; ``option`` names the option
+    at fault, when one is."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class PayloadError(SplitterError, ValueError):

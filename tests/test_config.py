@@ -38,7 +38,7 @@ def _error(text: str) -> str:
 def test_valid_config_loads_with_defaults():
     cfg = parse_config(GOOD)
     assert isinstance(cfg, FitConfig)
-    assert cfg.bottleneck.channels == 8 and cfg.input_size == (3, 16, 16) and cfg.seed == 4
+    assert cfg.bottleneck.options["channels"] == 8 and cfg.input_size == (3, 16, 16) and cfg.seed == 4
     assert [s.kind for s in cfg.stages] == ["features", "kd"]
     assert cfg.stages[1].alpha == 0.7 and cfg.stages[1].tau == 4.0  # default filled in
     assert cfg.data.train == "digits" and cfg.mode == "insert"
@@ -46,8 +46,14 @@ def test_valid_config_loads_with_defaults():
 
 def test_unknown_key_names_key_and_line():
     msg = _error(GOOD.replace("  channels: 8", "  chanels: 8"))
-    assert "c.yaml:7: bottleneck.chanels: unknown key 'chanels'" in msg
-    assert "channels" in msg.split("allowed here:")[1]
+    assert "c.yaml:7: bottleneck.chanels: unknown option 'chanels' for entropy" in msg
+    assert "did you mean 'channels'?" in msg
+
+
+def test_bad_option_value_names_key_line_and_range():
+    msg = _error(GOOD.replace("  channels: 8", "  channels: 8.5"))
+    assert "c.yaml:7: bottleneck.channels: entropy option channels=8.5" in msg
+    assert "fractional part" in msg
 
 
 def test_unknown_key_inside_a_stage():

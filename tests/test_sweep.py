@@ -14,7 +14,7 @@ import passes.annotate
 import splitter
 from splitter.cli import main
 from splitter.compile.costs import CostReport, report_at
-from splitter.errors import ConfigError, UnknownLayerError
+from splitter.errors import BottleneckError, UnknownLayerError
 from splitter.explore.latency import LORA, LTE, Link, Machine, latency_ms
 from splitter.explore.sweep import BottleneckSpec, SweepResult, pareto_mask
 
@@ -117,11 +117,12 @@ def test_bottleneck_rows_measured_and_skipped(r18):
 
 
 def test_bottleneck_spec_parse():
-    s = BottleneckSpec.parse("crbq:channels=12,mode=replace,flag=true,q=0.5")
-    assert (s.kind, s.mode, s.options) == ("crbq", "replace", {"channels": 12, "flag": True, "q": 0.5})
-    assert s.label == "crbq:mode=replace,channels=12,flag=True,q=0.5"
+    s = BottleneckSpec.parse("entropy:channels=12,mode=replace")
+    assert (s.kind, s.mode, s.options) == ("entropy", "replace", {"channels": 12})  # "12" -> 12
+    assert s.label == "entropy:mode=replace,channels=12"
+    assert BottleneckSpec.parse(s.label) == s
     assert BottleneckSpec.of({"kind": "entropy", "channels": 8}).label == "entropy:channels=8"
-    with pytest.raises(ConfigError, match="key=value"):
+    with pytest.raises(BottleneckError, match="key=value"):
         BottleneckSpec.parse("crbq:channels")
 
 

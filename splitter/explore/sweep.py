@@ -8,8 +8,15 @@
                         bottleneck rows ◄── split(graph, point, bottleneck=kind) per point
        every row: + predicted latency (splitter.explore.latency)  ─►  SweepResult (.rows .to_csv .plot)
 
-``accuracy`` is empty until a trainer fills it (``SweepResult.set_accuracy``); the plots
-use it when present.
+    with data=:  every row ─► a trial (splitter.explore.trials: fit, then measure on held-out
+                 data) ─► rows with measured accuracy, payload bytes (mean/p50/p95/bpp) and
+                 device encode time; + input codecs on the same data; + BD-rates vs an anchor
+                 (splitter.explore.measure)
+
+Without data nothing is measured: plain rows carry the raw cut size (exact), bottleneck
+rows the raw size of their symbols (``payload_measured`` false: an upper bound, not a
+payload), and every latency uses the GFLOP/s estimate of device time (``device_ms_source``
+"estimate"). ``accuracy`` stays empty unless a trainer fills it (``set_accuracy``).
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 
+from bottlenecks.spec import BottleneckSpec
 from passes.cuts import CutPoint
 from splitter.compile.costs import CostReport, cost_table, measure_payload, report_at
 from splitter.compile.trace import Graph, trace
-from splitter.errors import ConfigError, SplitterError
+from splitter.errors import SplitterError
 from splitter.explore.latency import DEVICE, LTE, SERVER, Link, Machine, latency_ms
 
 __all__ = ["sweep", "SweepResult", "SweepRow", "Skipped", "BottleneckSpec", "select_points", "pareto_mask"]
@@ -34,73 +42,35 @@ __all__ = ["sweep", "SweepResult", "SweepRow", "Skipped", "BottleneckSpec", "sel
 PLAIN = "plain"
 
 
-class BottleneckSpec(BaseModel):
-    """A bottleneck to try at every point: ``kind`` plus its options (``crbq:channels=12``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: str
-    mode: str = "insert"
-    options: dict[str, Any] = {}
-
-    @property
-    def label(self) -> str:
-        opts = ({"mode": self.mode} if self.mode != "insert" else {}) | dict(self.options)
-        return self.kind + (":" + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
-
-    @classmethod
-    def parse(cls, text: str) -> BottleneckSpec:
-        """``KIND[:k=v,...]``; values become int, float or bool where they read as one."""
-        kind, _, rest = text.partition(":")
-        if not kind.strip():
-            raise ConfigError(f"bottleneck spec {text!r} has no kind; write e.g. crbq:channels=12")
-        opts: dict[str, Any] = {}
-        for item in filter(None, (s.strip() for s in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise ConfigError(f"bottleneck option {item!r} in {text!r} is not key=value; "
-                                  f"write e.g. {kind}:channels=12,mode=replace")
-            opts[key.strip()] = _scalar(value.strip())
-        mode = str(opts.pop("mode", "insert"))
-        return cls(kind=kind.strip(), mode=mode, options=opts)
-
-    @classmethod
-    def of(cls, spec: str | dict | tuple | BottleneckSpec) -> BottleneckSpec:
-        if isinstance(spec, BottleneckSpec):
-            return spec
-        if isinstance(spec, str):
-            return cls.parse(spec)
-        if isinstance(spec, dict):
-            opts = dict(spec)
-            kind = opts.pop("kind", None)
-            if kind is None:
-                raise ConfigError(f"bottleneck spec {spec!r} needs a 'kind' key")
-            return cls(kind=kind, mode=opts.pop("mode", "insert"), options=opts)
-        if isinstance(spec, tuple) and len(spec) == 2:
-            return cls.of({"kind": spec[0], **spec[1]})
-        raise ConfigError(f"cannot read bottleneck spec {spec!r}; use 'kind:k=v,...', "
-                          f"{{'kind': ..., ...}} or (kind, options)")
-
-
-def _scalar(v: str) -> Any:
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
 class SweepRow(CostReport):
-    """One (point, bottleneck) of a sweep: its :class:`CostReport`, latency and accuracy."""
+    """One (point, bottleneck, β) of a sweep: its :class:`CostReport`, latency and accuracy.
+
+    ``measured`` rows come from a trial on held-out data; the rest are analytic.
+    ``device_ms_source`` says where the device time in ``latency_ms`` came from
+    ("estimate" = encoder FLOPs / the device's GFLOP/s).
+    """
 
     point: str
     config: str = PLAIN  # "plain" or the bottleneck spec's label
     latency_ms: float
     accuracy: float | None = None
     pareto: bool = False  # on the encoder-size / payload (/ accuracy) front
+    beta: float | None = None
+    measured: bool = False
+    fitted: bool = False
+    metric: str | None = None  # "accuracy" or "agreement" (with the teacher, unlabelled data)
+    accuracy_drop: float | None = None  # teacher minus this row, percentage points
+    bytes_p50: float | None = None
+    bytes_p95: float | None = None
+    bpp: float | None = None
+    device_ms: float | None = None
+    device_ms_source: str = "estimate"
+    bundle: str | None = None
+    trial_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.config + ("" if self.beta is None else f" β={self.beta:g}")
 
 
 class Skipped(BaseModel):
@@ -121,12 +91,22 @@ class SweepResult(BaseModel):
     server: Machine
     rows: list[SweepRow]
     skipped: list[Skipped] = []
+    data: str | None = None  # the held-out data the rows were measured on
+    fit: str | None = None
+    teacher_accuracy: float | None = None
+    metric: str | None = None
+    codecs: list[Any] = []  # splitter.explore.codecs.CodecPoint, as dicts once dumped
+    bd: list[Any] = []  # splitter.explore.bd.BDRow
+    anchor: str | None = None
 
     # -- picking ------------------------------------------------------------------------
     @property
     def best(self) -> SweepRow:
-        """The row with the lowest predicted latency (ties: the earlier cut)."""
-        return min(self.rows, key=lambda r: (r.latency_ms, r.cut_index))
+        """The row with the lowest predicted latency (ties: the earlier cut), among rows whose
+        payload is known: measured ones, or plain cuts (their raw size is exact). An untrained
+        bottleneck's raw symbol size is no payload, so it cannot win."""
+        known = [r for r in self.rows if r.payload_measured or r.measured or r.config == PLAIN]
+        return min(known or self.rows, key=lambda r: (r.latency_ms, r.cut_index))
 
     def best_where(self, min_accuracy: float) -> SweepRow | None:
         """Fastest row whose accuracy is known and at least ``min_accuracy``."""
@@ -139,7 +119,7 @@ class SweepResult(BaseModel):
         out = self.model_copy(deep=True)
         out.link, out.device, out.server = link or self.link, device or self.device, server or self.server
         for r in out.rows:
-            r.latency_ms = _latency(r, out.link, out.device, out.server)
+            r.latency_ms = _latency(r, out.link, out.device, out.server, r.device_ms)
         return out
 
     def set_accuracy(self, point: str, accuracy: float, config: str = PLAIN) -> None:
@@ -156,7 +136,8 @@ class SweepResult(BaseModel):
     def to_csv(self, path: str | None = None) -> str:
         """Rows as CSV (one line per row, tensors as ``CxHxW dtype`` joined by ``+``)."""
         cols = list(SweepRow.model_fields)
-        front = ["point", "config", "latency_ms", "accuracy", "pareto"]
+        front = ["point", "config", "beta", "latency_ms", "accuracy", "payload_bytes", "payload_measured",
+                 "pareto"]
         cols = front + [c for c in cols if c not in front]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
@@ -183,26 +164,69 @@ class SweepResult(BaseModel):
         return text
 
     def plot(self, path: str) -> str:
-        """Draw the SC2 views (R-D, ExR-D, three-way) and the latencies into ``path`` (PNG)."""
+        """Draw the SC2 views (R-D, ExR-D, three-way) and the latencies into ``path`` (PNG);
+        with BD figures, also ``<path stem>.bd.csv`` and ``.bd.json`` beside it."""
         from splitter.explore.plot import plot_sweep
 
         plot_sweep(self, path)
+        if self.bd:
+            from splitter.explore import bd
+
+            stem = str(path)[:-4] if str(path).lower().endswith(".png") else str(path)
+            bd.to_csv(self.bd, stem + ".bd.csv")
+            bd.to_json(self.bd, stem + ".bd.json")
         return path
 
+    def bd_table(self) -> str:
+        """BD-rate and BD-accuracy of every curve against the anchor, as a terminal table."""
+        from splitter._text import table
+
+        rows = [[b.curve, str(b.points), "" if b.bd_rate is None else f"{b.bd_rate:+.1f}",
+                 "" if b.bd_accuracy is None else f"{b.bd_accuracy:+.2f}", b.note] for b in self.bd]
+        return table(rows, ["curve", "points", f"BD-rate % vs {self.anchor}",
+                            "BD-acc points", "note"])
+
     def table(self) -> str:
-        """A terminal table, best row marked ``*`` and Pareto rows ``p``."""
+        """A terminal table, best row marked ``*`` and Pareto rows ``p``. Without
+        measurements, a bottleneck's raw symbol size is shown as ``raw ≤N`` (no payload) and
+        latencies as ``~N`` (estimates)."""
         from splitter._text import table
 
         best = self.best
+        if any(r.measured for r in self.rows):
+            return self._measured_table(best)
         rows = []
         for r in self.rows:
+            if r.payload_measured or r.config == PLAIN:
+                pay = f"{r.payload_bytes:,.0f}"
+            else:
+                pay = f"raw ≤{r.payload_bytes:,.0f}"
             flag = ("*" if r is best else "") + ("p" if r.pareto else "")
             rows.append([r.point, r.config, f"{r.encoder_params / 1e6:.3f}", f"{r.encoder_macs / 1e9:.3f}",
-                         f"{r.encoder_bits / 8e6:.2f}", f"{r.payload_bytes:,.0f}",
-                         f"{r.tail_macs / 1e9:.3f}", f"{r.latency_ms:,.1f}",
+                         f"{r.encoder_bits / 8e6:.2f}", pay,
+                         f"{r.tail_macs / 1e9:.3f}", f"~{r.latency_ms:,.1f}",
                          "" if r.accuracy is None else f"{r.accuracy:.3f}", flag])
         return table(rows, ["point", "bottleneck", "enc Mparams", "enc GMACs", "enc MB",
                             "payload B", "tail GMACs", "latency ms", "acc", ""])
+
+    def _measured_table(self, best: SweepRow) -> str:
+        from splitter._text import table
+
+        rows = []
+        for r in self.rows:
+            flag = ("*" if r is best else "") + ("p" if r.pareto else "")
+            src = "raw" if r.config == PLAIN else ("pay" if r.payload_measured else "raw≤")
+            rows.append([r.point, r.config, "" if r.beta is None else f"{r.beta:g}",
+                         "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
+                         "" if r.accuracy_drop is None else f"{r.accuracy_drop:+.2f}",
+                         f"{r.payload_bytes:,.1f} {src}", "" if r.bytes_p95 is None else f"{r.bytes_p95:,.0f}",
+                         "" if r.bpp is None else f"{r.bpp:.3f}", f"{r.encoder_params / 1e3:,.1f}",
+                         f"{r.encoder_macs / 1e6:,.2f}",
+                         (f"{r.device_ms:.3f}" if r.device_ms is not None else "~est"),
+                         ("" if r.device_ms is not None else "~") + f"{r.latency_ms:,.1f}", flag])
+        return table(rows, ["point", "bottleneck", "β", (self.metric or "acc") + " %", "drop",
+                            "bytes mean", "p95", "bpp", "enc kparams", "enc MMACs", "device ms",
+                            "latency ms", ""])
 
 
 def pareto_mask(points: Sequence[Sequence[float]]) -> list[bool]:
@@ -228,8 +252,13 @@ def _mark_pareto(rows: list[SweepRow]) -> None:
         r.pareto = on
 
 
-def _latency(r: CostReport, link: Link, device: Machine, server: Machine) -> float:
-    return latency_ms(r.encoder_flops, r.payload_bytes, r.tail_flops, link=link, device=device, server=server)
+def _latency(r: CostReport, link: Link, device: Machine, server: Machine,
+             device_ms: float | None = None) -> float:
+    """Device (measured ``device_ms``, else FLOPs / GFLOP/s) + link + server (FLOPs / GFLOP/s)."""
+    if device_ms is None:
+        return latency_ms(r.encoder_flops, r.payload_bytes, r.tail_flops, link=link, device=device,
+                          server=server)
+    return device_ms + link.transfer_ms(r.payload_bytes) + server.compute_ms(r.tail_flops)
 
 
 def select_points(graph: Graph, points: str | Iterable[str] = "stages") -> list[CutPoint]:
@@ -268,8 +297,27 @@ def sweep(
     server: Machine = SERVER,
     plain: bool = True,
     progress: bool = False,
+    data: Any = None,
+    fit: str | None = "quick",
+    teacher: nn.Module | None = None,
+    betas: Sequence[float] | None = None,
+    rate: float | str | None = None,
+    store: str | None = None,
+    jobs: int = 1,
+    ray: str | bool | None = None,
+    threads: int = 1,
+    codecs: Sequence[str] | None = None,
+    qualities: Sequence[int] | None = None,
+    anchor: str | None = None,
+    eval_limit: int | None = None,
+    device_profile: str | dict | None = None,
+    schedules: dict[str, list[dict]] | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    export: bool = True,
 ) -> SweepResult:
-    """Cost ``model`` split at every point of ``points``, plain and with each bottleneck.
+    """Cost ``model`` split at every point of ``points``, plain and with each bottleneck;
+    with ``data``, fit and measure every one of them (see below).
 
     The model is traced once (or pass a traced :class:`Graph`); plain rows read the graph's
     prefix sums, so sweeping every cut costs about one forward pass. Each bottleneck row
@@ -278,8 +326,36 @@ def sweep(
     ``inputs`` (a batch, or an iterable of batches) measures bottleneck payloads with
     ``Split.encode``; plain rows send the raw cut tensors, whose size is known without running.
     Latencies follow :mod:`splitter.explore.latency` for ``link``, ``device`` and ``server``.
+
+    **Measured sweeps.** ``data`` (``"digits"``, ``"fashion-mnist"``, an image folder, a
+    Dataset, or a ``(train, test)`` pair; a single dataset gets 20 % held out) turns every
+    row into a trial (:mod:`splitter.explore.trials`): each bottleneck is fitted by the
+    two-stage distillation (``fit``: ``"quick"``, ``"full"`` or ``None``) at each β of
+    ``betas`` (or the β bisected to hit ``rate`` bytes, e.g. ``"2kB"``), then measured on
+    the held-out part: accuracy (agreement with ``teacher`` when unlabelled), payload bytes,
+    device encode time of its exported bundle with ``threads`` onnxruntime threads (or from
+    ``device_profile``). Trials are stored under ``store`` (default ``runs/sweep/<model>``)
+    and never rerun; ``jobs`` runs them in processes, ``ray`` on Ray Tune. ``codecs``
+    (default: every installed input codec) are measured on the same data, and every curve
+    gets a BD-rate against ``anchor`` (default: the best codec).
     """
     from splitter.compile.split import split
+
+    if data is not None:
+        from splitter.explore.measure import measured_sweep
+
+        if isinstance(model, str):  # one set of weights for the costs and the trials
+            from splitter.compile.trace import load_model
+
+            model = load_model(model)[0]
+        analytic = sweep(model, points, bottlenecks, input_shape=input_shape, link=link, device=device,
+                         server=server, plain=plain)
+        return measured_sweep(
+            analytic, model, data, fit=fit, teacher=teacher, betas=betas, rate=rate, store=store,
+            jobs=jobs, ray=ray, threads=threads, codecs=codecs, qualities=qualities, anchor=anchor,
+            eval_limit=eval_limit, device_profile=device_profile, schedules=schedules,
+            batch_size=batch_size, seed=seed, export=export, input_shape=input_shape,
+            progress=progress)
 
     graph = model if isinstance(model, Graph) else trace(model, input_shape)
     cuts = select_points(graph, points)
@@ -306,7 +382,7 @@ def sweep(
                         bar.update()
                     continue
                 try:
-                    s = split(graph, cut.name, bottleneck=spec.kind, mode=spec.mode, **spec.options)
+                    s = split(graph, cut.name, bottleneck=spec)
                     measured = measure_payload(s, inputs) if inputs is not None else None
                     rep = report_at(graph, cut, s.bottleneck, s.mode, table=table, payload=measured)
                 except (SplitterError, ValueError, TypeError) as e:

@@ -24,24 +24,17 @@ should be a valid number``.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from splitter.errors import ConfigError
+from bottlenecks.spec import BottleneckSpec
+from splitter.errors import BottleneckError, ConfigError
 from splitter.train.fit import DEFAULT_STAGES, Stage
 
-__all__ = ["BottleneckConfig", "DataConfig", "FitConfig", "load_config", "parse_config",
+__all__ = ["DataConfig", "FitConfig", "load_config", "parse_config",
            "build", "run_config"]
-
-
-class BottleneckConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(description="entropy | crbq | hyperprior | identity | jpeg | webp")
-    channels: int | None = Field(None, ge=1, description="latent channels")
-    options: dict[str, Any] = Field(default_factory=dict, description="other options of the kind")
 
 
 class DataConfig(BaseModel):
@@ -65,13 +58,32 @@ class FitConfig(BaseModel):
     checkpoint: str | None = None
     input_size: tuple[int, int, int] | None = None
     cut: str
-    mode: Literal["insert", "replace"] = "insert"
-    bottleneck: BottleneckConfig
+    bottleneck: BottleneckSpec = Field(description="kind, mode and the kind's options, e.g. "
+                                       "{kind: entropy, mode: replace, channels: 24}")
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[Stage] = Field(default_factory=lambda: [s.model_copy() for s in DEFAULT_STAGES])
     seed: int = 0
     output_dir: str = "runs/fit"
     device: str = "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_mode(cls, data: Any) -> Any:
+        """A top-level ``mode:`` (the older layout) goes into the bottleneck spec."""
+        if isinstance(data, dict) and "mode" in data and isinstance(data.get("bottleneck"), dict):
+            data = dict(data)
+            data["bottleneck"] = {"mode": data.pop("mode"), **data["bottleneck"]}
+        return data
+
+    @field_validator("bottleneck", mode="before")
+    @classmethod
+    def _bottleneck(cls, v: Any) -> Any:
+        """YAML's flat ``{kind, mode, channels, ...}`` (or ``options: {...}``) -> the one spec."""
+        return v if isinstance(v, BottleneckSpec) else BottleneckSpec.of(v)
+
+    @property
+    def mode(self) -> str:
+        return self.bottleneck.mode
 
     @field_validator("model_args")
     @classmethod
@@ -156,9 +168,12 @@ def parse_config(text: str, source: str = "<config>") -> FitConfig:
         lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
+            msg = err["msg"]
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, BottleneckError):  # the kind's own option check: its words
+                loc, msg = loc + ((cause.option,) if cause.option else ()), str(cause)
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line(marks, loc)
-            msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 parent = loc[:-1]
                 allowed = _allowed(parent)
@@ -211,11 +226,7 @@ def build(cfg: FitConfig):
     teacher.eval()
     shape = tuple(cfg.input_size) if cfg.input_size else default_input_shape(teacher)
     torch.manual_seed(cfg.seed)  # the bottleneck's initial weights
-    opts = dict(cfg.bottleneck.options)
-    if cfg.bottleneck.channels is not None:
-        opts["channels"] = cfg.bottleneck.channels
-    s = make_split(teacher, at=cfg.cut, bottleneck=cfg.bottleneck.kind, mode=cfg.mode,
-                   input_shape=shape, **opts)
+    s = make_split(teacher, at=cfg.cut, bottleneck=cfg.bottleneck, input_shape=shape)
 
     def data(which: str | None, split_name: str, augment: bool = False):
         if which is None:
