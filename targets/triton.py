@@ -117,7 +117,7 @@ def write_repository(server_half, out_dir: str | Path, *, name: str | None = Non
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise BundleError(f"{out} exists and is not empty; pass an empty or new directory "
-                              f"(or overwrite=True)", file=str(out))
+                              f"(or --overwrite)", file=str(out))
         shutil.rmtree(out)
     tail_onnx = half.read("tail.onnx")
     (in_name, in_dtype, in_dims), onnx_outs = _onnx_io(tail_onnx)

@@ -48,8 +48,11 @@ def application(bundle_dir: str | Path, options: ServeOptions | None = None, *, 
     """
     _, serve = _ray()
     path = Path(bundle_dir).resolve()
-    if not (path / "manifest.json").is_file():
-        raise ConfigError(f"{path} holds no manifest.json; pass the folder splitter.export wrote")
+    if (path / "server" / "manifest.json").is_file():
+        path = path / "server"  # replicas load the server half only
+    elif not (path / "manifest.json").is_file():
+        raise ConfigError(f"{path} holds no manifest.json or server/manifest.json; pass the folder "
+                          f"splitter.export wrote (or its server/ half)")
     opts = (options or ServeOptions()).model_copy()
     if opts.threads is None:
         opts.threads = max(1, int(replica_cpus))
