@@ -103,7 +103,7 @@ def main() -> None:
         im.save(buf, format="JPEG", quality=args.quality)
         return buf.getvalue()
 
-    sym = onnx_head()
+    sym = torch.from_numpy(onnx_head())  # the device runtime returns numpy
     t = per_call({
         "onnx head": onnx_head,
         "onnx head + coding": onnx_encode,
