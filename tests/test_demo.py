@@ -20,7 +20,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert c.under_raw == (c.payload_bytes < RAW_DIGIT_BYTES)
         best = r.report.smallest_reaching(c.accuracy)
         assert c.smallest_codec_bytes == (best.bytes_mean if best else None)
-    assert (tmp_path / "out" / "bundle" / "manifest.json").exists()
+    assert (tmp_path / "out" / "bundle" / "server" / "manifest.json").exists()
     assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["report"]["rows"][0]["method"] == "teacher"

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                               f"images are C,H,W (channels, height, width), e.g. 3,224,224")
     margs = model_args(args)
     path = args.target
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "manifest.json")):
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, *sub, "manifest.json"))
+                                   for sub in ((), ("server",))):  # an export dir, or one half
         from splitter.deploy.runtime import load_bundle
 
         target = load_bundle(path)

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     b = export(s, args.out, exporter=args.exporter, overwrite=args.overwrite)
     m = b.manifest
     print(f"bundle {b.path}:")
-    for name, f in sorted(m.files.items()):
-        print(f"  {name:20s} {f.size:>12,} B  sha256 {f.sha256[:12]}")
+    for half in (b.device_half, b.server_half):  # device/ and server/, each with its manifest
+        for name, f in sorted(half.manifest.files.items()):
+            print(f"  {half.prefix + name:26s} {f.size:>12,} B  sha256 {f.sha256[:12]}")
     p = m.parity
     print(f"  exporters: head {m.export.head.exporter}, tail {m.export.tail.exporter}; parity on "
           f"{p.n_inputs} inputs: {p.symbols_identical:.4%} symbols identical, top-1 agreement "
