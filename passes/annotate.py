@@ -1,8 +1,14 @@
 """annotate: one run of the graph writes every node's shape, dtype, module path and cost.
 
+::
+
+    GraphModule + example input ─► Annotate (torch's ShapeProp + FlopCounterMode) ─► node.meta
+                                ─► BatchProbe (a plain run at another batch size) ─► meta["probe"]
+
 Keys written to ``node.meta`` (later passes read these instead of recomputing):
 
-- ``tensor_meta``: ``TensorMetadata`` (or a nested tuple of them) as ``ShapeProp`` writes it;
+- ``tensor_meta``, ``type``: written by ``torch.fx.passes.shape_prop.ShapeProp`` itself
+  (``TensorMetadata`` or a nested tuple of them);
 - ``module_path``: dotted path of the innermost module that produced the node (``""`` at root);
 - ``flops``: FLOPs of this node, by ``torch.utils.flop_counter`` (MACs = FLOPs / 2);
 - ``weights``: names of the parameters and buffers the node reads;
@@ -157,7 +163,8 @@ class BatchProbe(fx.Interpreter):
     A plain forward run, without cost counting: on small inputs it is far cheaper than a
     ``FakeTensorMode`` run (whose Python dispatch costs ~1 ms per node). That a Python value
     depends on shapes alone, not on data, is checked on the graph by :mod:`passes.cuts`.
-    When the run fails no node gets ``probe``.
+    When the run fails no node gets ``probe``. Not a ``ShapeProp``: that would overwrite the
+    annotated ``tensor_meta`` with the probe's shapes.
     """
 
     def __init__(self, gm: fx.GraphModule):
