@@ -1,20 +1,20 @@
-"""The bottleneck's state: ``server/tables.safetensors`` (all of it), ``device/coder.safetensors``
-(only what the device's coder reads).
+"""The bottleneck's state, split by side: ``server/tables.safetensors`` and ``device/coder.safetensors``.
 
 ::
 
-    export:   bottleneck.state_dict() ──► server/tables.safetensors          (metadata: kind)
-              device_state(bottleneck) ──► device/coder.safetensors          (no decoder, no tail)
-    load:     manifest.bottleneck (kind, options, shapes) ──► bottlenecks.create(...)
-              ──► load_state_dict(tables.safetensors, strict=True)           (server, torch)
-              device: coder.safetensors ──► numpy tables  (splitter.deploy.device, no torch)
+    export:   bottleneck.state_dict() − encoder.* ──► server/tables.safetensors (metadata: kind)
+              device_state(bottleneck)           ──► device/coder.safetensors  (no decoder, no tail)
+    load:     server: manifest.bottleneck (kind, options, shapes) ──► bottlenecks.create(...)
+                      ──► load_state_dict(tables.safetensors): all but encoder.*, nothing else
+              device: coder.safetensors ──► numpy tables (splitter.deploy.device, no torch)
 
-The server rebuilds the module for ``decompress``. The device gets the entropy model's CDF
-tables (``entropy``), nothing (``identity``, ``crbq``, ``jpeg``, ``webp``: their coder has no
-state), or for ``hyperprior`` the hyper-encoder/decoder and both entropy models, which its
-coder runs in torch; never the main encoder (it is inside ``head.onnx``) nor the decoder.
-safetensors is a JSON header and raw bytes: loading runs no pickle. Importing this module
-loads no torch.
+The server rebuilds the module for ``decompress``; its main encoder stays at its initial
+values (it runs inside ``head.onnx`` on the device, and the server never calls it). The
+device gets the entropy model's CDF tables (``entropy``), nothing (``identity``, ``crbq``,
+``jpeg``, ``webp``: their coder has no state), or for ``hyperprior`` the hyper-encoder and
+-decoder and both entropy models, which its coder runs in torch; never the main encoder
+(inside ``head.onnx``) nor the decoder. safetensors is a JSON header and raw bytes: loading
+runs no pickle. Importing this module loads no torch.
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ def spec_of(split) -> BottleneckSpec:
                           in_layout="nchw" if split.mode == "replace" else None)
 
 
+_DEVICE_ONLY = ("encoder.",)  # the main encoder runs inside head.onnx; the server never needs it
+
+
 def save_tables(bottleneck: torch.nn.Module, path: str | Path) -> None:
-    """Every tensor of ``bottleneck.state_dict()`` (contiguous copies) to ``path``."""
+    """The server's state: every tensor of ``bottleneck.state_dict()`` but the main encoder's
+    (contiguous copies) to ``path``."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in bottleneck.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in bottleneck.state_dict().items()
+             if not k.startswith(_DEVICE_ONLY)}
     # One metadata key: safetensors orders several at random, and the file should hash the same.
     save_file(state, str(path), metadata={"format": f"splitter-tables-1 {bottleneck.kind}"})
 
@@ -102,7 +107,8 @@ def load_bottleneck(spec: BottleneckSpec, data: bytes | str | Path,
                     name: str = "tables.safetensors") -> torch.nn.Module:
     """Rebuild the bottleneck from ``spec`` and load ``data`` (file bytes or a path) into it.
 
-    Strict: every tensor must be there with its shape. No pickle runs.
+    Strict: every tensor but the main encoder's (which the server never runs) must be there
+    with its shape, and nothing else. No pickle runs.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
@@ -121,9 +127,14 @@ def load_bottleneck(spec: BottleneckSpec, data: bytes | str | Path,
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{name} is not a readable safetensors file: {e}", file=name) from e
     try:
-        bn.load_state_dict(state, strict=True)
+        missing, unexpected = bn.load_state_dict(state, strict=False)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[:3]
         raise BundleError(f"{name} does not fit the {spec.kind!r} bottleneck the manifest "
                           f"describes: {' '.join(first)[:500]}", file=name) from e
+    missing = [k for k in missing if not k.startswith(_DEVICE_ONLY)]
+    if missing or unexpected:
+        raise BundleError(f"{name} does not fit the {spec.kind!r} bottleneck the manifest "
+                          f"describes: missing {missing[:5]}, unexpected {list(unexpected)[:5]}",
+                          file=name)
     return bn.eval()

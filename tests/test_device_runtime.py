@@ -73,7 +73,7 @@ def test_device_half_alone_encodes_and_server_half_alone_decodes(exported, tmp_p
     assert float((y - ref).abs().max()) <= 1e-4
 
 
-def test_device_bundle_never_holds_decoder_or_tail_weights(exported):
+def test_each_half_holds_only_its_side_s_state(exported):
     from safetensors.numpy import load_file
 
     _, b, d = exported
@@ -82,6 +82,9 @@ def test_device_bundle_never_holds_decoder_or_tail_weights(exported):
     assert sorted(tables) == ["entropy_bottleneck._cdf_length", "entropy_bottleneck._offset",
                               "entropy_bottleneck._quantized_cdf"]
     assert (d / "device" / "coder.safetensors").stat().st_size < 64 << 10
+    server = load_file(str(d / "server" / "tables.safetensors"))  # decoder state, no encoder
+    assert any(k.startswith("decoder.") for k in server)
+    assert not any(k.startswith("encoder.") for k in server)
 
 
 def test_halves_of_different_exports_are_refused(exported, tmp_path):
