@@ -67,7 +67,7 @@ if old:  # the torch bottleneck's compress, as the old Device.encode ran it
         with torch.no_grad():
             return payload.encode_symbols(dev.bottleneck, sym, dev._spatial)
 else:
-    code = lambda: payload.pack(dev.kind, dev._spatial, dev.compress(sym), expected=dev._spatial)
+    code = lambda: dev.pack(dev.compress(sym))
 assert code() == data
 times = {"head": [], "coding": []}
 for _ in range(3):

@@ -53,7 +53,7 @@ from targets.tables import save_device_tables, save_tables, spec_of
 from targets.tail import export_tail, flat_outputs, output_structure, tail_output_names
 
 __all__ = ["DEVICE_FILES", "SERVER_FILES", "stage", "write_manifest", "check_target", "commit",
-           "make_staging_dir", "preprocess_of", "is_export", "coder_info"]
+           "make_staging_dir", "preprocess_of", "is_export", "coder_info", "replace_file"]
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -158,6 +158,20 @@ def stage(split, staging: Path, *, exporter: str = "auto",
         files={f: sha256_file(srv / f) for f in SERVER_FILES},
     )
     return device, server
+
+
+def replace_file(half_dir: Path, manifest: DeviceManifest | Manifest, name: str,
+                 data: bytes) -> DeviceManifest | Manifest:
+    """Hook for steps after :func:`stage` (an int8 head, say): write ``data`` as ``name`` in a
+    staged half and return its manifest with that file's size and sha256 updated."""
+    if name not in manifest.files:
+        raise BundleError(f"{name} is not a file of this half ({sorted(manifest.files)})", file=name)
+    path = half_dir / name
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return manifest.model_copy(update={"files": {**manifest.files, name: sha256_file(path)}})
 
 
 def write_manifest(manifest: Manifest, directory: Path) -> None:

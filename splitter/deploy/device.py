@@ -111,10 +111,13 @@ class Device:
                                   f"bundle's (B, {', '.join(map(str, shape))}) {dtype}")
         return self._compress(s)
 
+    def pack(self, strings: list[list[bytes]]) -> bytes:
+        """``compress``'s strings -> payload bytes (the short form for one sample)."""
+        return payload.pack(self.kind, self._spatial, strings, expected=self._spatial)
+
     def encode(self, x) -> bytes:
-        """Image batch -> payload bytes (head, entropy coding, framing)."""
-        return payload.pack(self.kind, self._spatial, self.compress(self.symbols(x)),
-                            expected=self._spatial)
+        """Image batch -> payload bytes: ``pack(compress(symbols(x)))`` (head, coding, framing)."""
+        return self.pack(self.compress(self.symbols(x)))
 
     # -- image files -------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
