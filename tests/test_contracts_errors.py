@@ -119,6 +119,10 @@ def test_factory_with_wrong_arguments_shows_its_signature(fake_zoo):
         load_model("fake_zoo:needs", num_class=3)
     with pytest.raises(ModelError, match="build the module with them"):
         load_model(nn.ReLU(), num_classes=3)
+    with pytest.raises(ModelError, match="weights=DEFAULT"):
+        load_model("fake_zoo:downloading", pretrained=True)
+    with pytest.raises(ModelError, match="checkpoint=FILE"):
+        load_model(nn.ReLU(), pretrained=True)
 
 
 # -- input size ------------------------------------------------------------------------------

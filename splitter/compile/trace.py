@@ -51,12 +51,20 @@ def load_model(
     ``weights_only=True``). Every failure is a :class:`ModelError` saying what to change.
     """
     if isinstance(model, nn.Module):
+        if pretrained:
+            raise ModelError(f"pretrained=True loads timm's weights by name; this is a built "
+                             f"{type(model).__name__}: load its weights yourself or pass "
+                             f"checkpoint=FILE")
         if kwargs:
             raise ModelError(f"model arguments {_kv(kwargs)} apply to a model name or "
                              f"'package.module:factory', not to a built {type(model).__name__}; "
                              f"build the module with them instead")
         module, name = model, type(model).__name__
     elif isinstance(model, str) and ":" in model:
+        if pretrained:
+            raise ModelError(f"--pretrained (pretrained=True) loads timm's weights; {model!r} is a "
+                             f"factory: pass its own argument instead, e.g. --model-args "
+                             f"weights=DEFAULT, or load a file with --checkpoint FILE")
         mod_name, _, attr = model.partition(":")
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
@@ -111,11 +119,13 @@ def _build(name: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
         return factory(**kwargs)
     except Exception as e:  # noqa: BLE001 - the factory is user code: every failure is reported
         if _offline(e):
+            build = ("leave out --pretrained" if ":" not in name else
+                     "build it without downloading with --model-args weights=None (and "
+                     "weights_backbone=None where the factory has it)")
             raise ModelError(
-                f"the weights of {name} cannot be downloaded here ({type(e).__name__}). Download "
-                f"them where there is network, then pass the file with --checkpoint FILE "
-                f"(Python: checkpoint=FILE) and leave out --pretrained (for a factory, pass "
-                f"--model-args weights=None and the like so it builds without downloading)."
+                f"the weights of {name} cannot be downloaded here ({type(e).__name__}): "
+                f"{build}, and pass weights saved elsewhere with --checkpoint FILE "
+                f"(Python: checkpoint=FILE)."
             ) from e
         hint = ""
         if isinstance(e, TypeError) and kwargs:
