@@ -139,3 +139,125 @@ def test_cli_sweep(tmp_path, capsys):
     for f in ("o.csv", "o.json", "o.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert main(["sweep", "resnet18", "--input-size", "3,32,32", "--bandwidth", "0"]) == 2
+
+
+# -- measured sweeps ------------------------------------------------------------------------------
+
+TINY = {"quick": [dict(kind="features", steps=4, lr=3e-3), dict(kind="kd", steps=2, lr=3e-4)]}
+
+
+def test_sweep_without_data_prints_no_bottleneck_payload_as_measured(tmp_path, capsys):
+    """The issue's first complaint: an untrained bottleneck's raw symbol size was printed as
+    its payload and won. Without data, bottleneck rows say ``raw ≤N``, latencies are ``~``
+    estimates, and the best split is one whose payload is known (a plain cut)."""
+    rc = main(["sweep", "resnet18", "--input-size", "3,32,32", "--at", "layer1,layer4",
+               "--bottleneck", "entropy", "--bottleneck", "crbq:channels=12", "--link", "lora",
+               "--json", str(tmp_path / "o.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = [ln for ln in out.splitlines() if ln.split()[:1] in (["layer1"], ["layer4"])]
+    bn = [ln for ln in lines if "entropy" in ln or "crbq" in ln]
+    assert len(bn) == 4
+    for ln in bn:
+        assert "raw ≤" in ln
+    best = next(ln for ln in out.splitlines() if ln.startswith("best split:"))
+    assert "entropy" not in best and "crbq" not in best and "measured" not in best
+    data = json.loads((tmp_path / "o.json").read_text())
+    for r in data["rows"]:
+        assert not r["measured"] and r["device_ms_source"] == "estimate"
+        if r["config"] != "plain":
+            assert r["payload_measured"] is False and r["accuracy"] is None
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=10)
+    store = tmp_path_factory.mktemp("store")
+    res = splitter.sweep(model, "layer1,layer2", ["entropy:channels=4", "crbq:channels=4"],
+                         input_shape=(3, 16, 16), data="digits", betas=[0.001, 0.1], schedules=TINY,
+                         store=str(store), export=False, eval_limit=40, codecs=["jpeg", "webp"],
+                         qualities=[5, 50, 90])
+    return res, model, store
+
+
+@pytest.mark.slow  # six tiny fits, codecs: about three minutes on 2 busy cores
+def test_measured_sweep_rows_codecs_and_bd(measured, tmp_path):
+    res, _, _ = measured
+    got = [(r.point, r.config, r.beta) for r in res.rows]
+    assert got == [("input", "plain", None), ("layer1", "plain", None),
+                   ("layer1", "entropy:channels=4", 0.001), ("layer1", "entropy:channels=4", 0.1),
+                   ("layer1", "crbq:channels=4", None), ("layer2", "plain", None),
+                   ("layer2", "entropy:channels=4", 0.001), ("layer2", "entropy:channels=4", 0.1),
+                   ("layer2", "crbq:channels=4", None), ("output", "plain", None)]
+    assert res.data == "digits/test" and res.fit == "quick" and res.metric == "accuracy"
+    for r in res.rows:
+        assert r.measured and r.accuracy is not None and r.accuracy_drop is not None
+        assert r.payload_measured == (r.config != "plain") and r.fitted == (r.config != "plain")
+        assert r.accuracy_drop == pytest.approx(100 * (res.teacher_accuracy - r.accuracy))
+    assert {(c.method, c.quality) for c in res.codecs} == {(m, q) for m in ("jpeg", "webp") for q in (5, 50, 90)}
+    assert all(c.samples == 40 for c in res.codecs)
+    text = res.to_csv(str(tmp_path / "s.csv"))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert all(r["accuracy"] != "" for r in rows)  # no empty accuracy cell for fitted trials
+    res.plot(str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    if res.bd:
+        assert (tmp_path / "s.bd.csv").exists() and (tmp_path / "s.bd.json").exists()
+        assert {b.curve for b in res.bd} >= {"jpeg", "webp"}
+
+
+@pytest.mark.slow  # shares the fixture above
+def test_measured_sweep_resumes_from_its_store(measured):
+    res, model, store = measured
+    from splitter.explore import trials
+
+    ran = []
+    real = trials.run_trial
+    trials.run_trial = lambda *a, **k: ran.append(a[1]) or real(*a, **k)
+    try:
+        again = splitter.sweep(model, "layer1,layer2", ["entropy:channels=4", "crbq:channels=4"],
+                               input_shape=(3, 16, 16), data="digits", betas=[0.001, 0.1],
+                               schedules=TINY, store=str(store), export=False, eval_limit=40,
+                               codecs=["jpeg", "webp"], qualities=[5, 50, 90])
+    finally:
+        trials.run_trial = real
+    assert ran == []
+    assert [r.model_dump() for r in again.rows] == [r.model_dump() for r in res.rows]
+
+
+def test_rate_control_bisects_beta_to_the_target():
+    from splitter.errors import ConfigError
+    from splitter.explore.ratecontrol import bisect_beta, parse_size
+
+    assert parse_size("2kB") == 2000 and parse_size("1.5KiB") == 1536 and parse_size("300B") == 300
+    with pytest.raises(ConfigError, match="2kB"):
+        parse_size("two kB")
+    calls = []
+
+    def measure(beta):  # bytes fall as β grows, as a fitted entropy bottleneck's do
+        calls.append(beta)
+        return 20.0 / beta ** 0.5
+
+    s = bisect_beta(measure, 2000, tol=0.02)
+    assert s.converged and abs(s.bytes - 2000) <= 40 and s.probes[-1] == (s.beta, s.bytes)
+    assert len(calls) == len(s.probes) <= 8
+    # unreachable: the closest probe from below is returned, and says it did not converge
+    s = bisect_beta(lambda b: 5000.0, 2000, max_iter=3)
+    assert not s.converged and len(s.probes) == 3
+
+
+def test_cli_measured_sweep(tmp_path, capsys):
+    rc = main(["sweep", "test_resnet", "--model-args", "num_classes=10", "--input-size", "3,16,16",
+               "--at", "layer1", "--bottleneck", "crbq:channels=4", "--data", "digits", "--fit", "none",
+               "--limit", "24", "--codecs", "jpeg", "--qualities", "10,90", "--no-export",
+               "--store", str(tmp_path / "store"), "--csv", str(tmp_path / "o.csv")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "measured on digits/test" in out and "input codecs on the same held-out samples" in out
+    rows = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert [(r["point"], r["config"]) for r in rows] == [("input", "plain"), ("layer1", "plain"),
+                                                         ("layer1", "crbq:channels=4"), ("output", "plain")]
+    assert rows[2]["payload_measured"] == "True" and rows[2]["accuracy"] != ""

@@ -1,0 +1,252 @@
+"""measure: turn an analytic sweep into a measured one.
+
+::
+
+    SweepResult (analytic rows) ──► one TrialSpec per row (× β, or a β bisected to a rate)
+        ──► run_trials (store; jobs | Ray)  ──► rows: measured accuracy, bytes, device time
+    held-out data ──► input codecs (JPEG … JPEG XL) ──► CodecPoint per quality
+    curves {codec, "point config" over β} ──► BD-rate / BD-accuracy vs the anchor
+        ──► SweepResult(rows, codecs, bd, anchor, teacher_accuracy)
+
+Latency of a measured row = its measured device encode time (or the device profile's)
++ link transfer of its measured mean payload + server FLOPs / GFLOP/s (the server side is
+still an estimate; ``device_ms_source`` names where the device part came from).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from splitter.errors import ConfigError
+from splitter.explore.sweep import (
+    PLAIN,
+    BottleneckSpec,
+    Skipped,
+    SweepResult,
+    SweepRow,
+    _latency,
+    _mark_pareto,
+)
+from splitter.explore.trials import (
+    DEFAULT_BETA,
+    TrialContext,
+    TrialResult,
+    TrialSpec,
+    TrialStore,
+    has_rate,
+    run_trials,
+)
+
+__all__ = ["measured_sweep", "resolve_data", "load_device_profile", "curves_of"]
+
+
+def resolve_data(data: Any, input_shape: Sequence[int], model: nn.Module | None = None,
+                 seed: int = 0) -> tuple[Dataset, Dataset, str]:
+    """``(train, held-out test, name)`` from a name, a folder, a Dataset or a pair."""
+    from splitter.train.data import as_dataset, holdout
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        train, test = data
+        return train, test, getattr(test, "name", "test data")
+    if isinstance(data, Dataset):
+        train, test = holdout(data, 0.2, seed)
+        return train, test, test.name
+    if isinstance(data, str):
+        if data in ("digits", "fashion-mnist", "fashion_mnist", "fashionmnist"):
+            return (as_dataset(data, split="train", input_size=input_shape, seed=seed),
+                    as_dataset(data, split="test", input_size=input_shape, seed=seed),
+                    f"{data}/test")
+        if not os.path.isdir(data):
+            raise ConfigError(f"--data {data!r} is neither 'digits', 'fashion-mnist' nor a directory; "
+                              f"give an image folder (DIR/<class>/<image>, or DIR/train and DIR/test)")
+        if os.path.isdir(os.path.join(data, "train")) and os.path.isdir(os.path.join(data, "test")):
+            return (as_dataset(data, split="train", model=model, input_size=input_shape),
+                    as_dataset(data, split="test", model=model, input_size=input_shape),
+                    os.path.join(data, "test"))
+        whole = as_dataset(data, split="all", model=model, input_size=input_shape)
+        train, test = holdout(whole, 0.2, seed)
+        return train, test, test.name
+    raise ConfigError(f"cannot read data {type(data).__name__}; give 'digits', 'fashion-mnist', a "
+                      f"directory, a Dataset or a (train, test) pair")
+
+
+def _labelled(data: Dataset) -> bool:
+    if getattr(data, "labelled", True) is False:
+        return False
+    targets = getattr(data, "targets", None)
+    return not (targets is not None and len(targets) and all(int(t) < 0 for t in targets))
+
+
+def load_device_profile(source: str | dict | None) -> tuple[dict[str, float], str]:
+    """Encode times by ``"point"`` or ``"point config"``, and a label naming their source.
+
+    Reads ``splitter.deploy.profile.DeviceProfile`` when that module exists; otherwise a
+    JSON file ``{"encode_ms": {"layer1": 2.1, "layer1 entropy:channels=8": 3.4}}`` (the
+    label then says so).
+    """
+    if source is None:
+        return {}, ""
+    if isinstance(source, dict):
+        data, label = source, "dict"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"device profile {source!r} does not exist; write a JSON file "
+                              f'{{"encode_ms": {{"layer1": 2.1}}}} or measure one on the device')
+        try:
+            from splitter.deploy.profile import DeviceProfile  # written by another change
+
+            prof = DeviceProfile.model_validate_json(path.read_text())
+            data = {"encode_ms": dict(getattr(prof, "encode_ms", {}) or {})}
+            label = f"{path.name} (DeviceProfile)"
+        except ImportError:
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"device profile {source!r} is not JSON ({e})") from e
+            label = f"{path.name} (JSON encode_ms)"
+    enc = data.get("encode_ms") if isinstance(data, dict) else None
+    if not isinstance(enc, dict) or not all(isinstance(v, (int, float)) for v in enc.values()):
+        raise ConfigError("a device profile needs 'encode_ms': {point or 'point config': milliseconds}")
+    return {str(k): float(v) for k, v in enc.items()}, label
+
+
+def _row(analytic: SweepRow, res: TrialResult, teacher_acc: float, link, device, server) -> SweepRow:
+    r = analytic.model_copy(deep=True)
+    r.beta = res.spec.beta
+    r.measured, r.fitted, r.metric = True, res.fitted, res.metric
+    r.accuracy = res.accuracy
+    r.accuracy_drop = round(100 * (teacher_acc - res.accuracy), 6)
+    r.payload_bytes = res.bytes_mean
+    r.payload_measured = res.bytes_source == "payload"
+    r.bytes_p50, r.bytes_p95, r.bpp = res.bytes_p50, res.bytes_p95, res.bpp
+    r.encoder_params, r.encoder_bits = res.encoder_params, res.encoder_bits
+    r.encoder_macs, r.encoder_flops = res.encoder_macs, res.encoder_flops
+    r.tail_macs, r.tail_flops = res.tail_macs, res.tail_flops
+    r.device_ms, r.device_ms_source = res.device_ms, (res.device_ms_source if res.device_ms is not None
+                                                      else f"estimate ({res.device_ms_source})")
+    r.bundle, r.trial_id = res.bundle, res.id
+    r.latency_ms = _latency(r, link, device, server, r.device_ms)
+    return r
+
+
+def curves_of(rows: Sequence[SweepRow], codecs: Sequence[Any]) -> dict[str, list[tuple[float, float]]]:
+    """Accuracy-vs-bytes curves: one per codec, one per (point, bottleneck config) over β."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for c in codecs:
+        curves.setdefault(c.method, []).append((c.bytes_mean, c.accuracy))
+    for r in rows:
+        if r.measured and r.config != PLAIN and r.payload_measured and r.accuracy is not None:
+            curves.setdefault(f"{r.point} {r.config}", []).append((r.payload_bytes, r.accuracy))
+    return curves
+
+
+def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | None = "quick",
+                   teacher: nn.Module | None = None, betas: Sequence[float] | None = None,
+                   rate: float | str | None = None, store: str | None = None, jobs: int = 1,
+                   ray: str | bool | None = None, threads: int = 1, codecs: Sequence[str] | None = None,
+                   qualities: Sequence[int] | None = None, anchor: str | None = None,
+                   eval_limit: int | None = None, device_profile: str | dict | None = None,
+                   schedules: dict[str, list[dict]] | None = None, batch_size: int = 16, seed: int = 0,
+                   export: bool = True, input_shape: Sequence[int] | None = None,
+                   progress: bool = False) -> SweepResult:
+    """Fit and measure every row of ``analytic`` (see :func:`splitter.explore.sweep.sweep`)."""
+    from splitter.compile.split import split
+    from splitter.compile.trace import Graph, trace
+    from splitter.explore import bd
+    from splitter.explore.codecs import ALL_CODECS, QUALITIES, available, codec_curves
+
+    fit_mode = "none" if fit in (None, "none") else fit
+    if fit_mode not in ("quick", "full", "none"):
+        raise ConfigError(f"fit must be 'quick', 'full' or None, not {fit!r}")
+    if isinstance(model, Graph):
+        module = model.gm
+    elif isinstance(model, nn.Module):
+        module = model
+    else:
+        raise ConfigError("a measured sweep needs the model's weights: pass an nn.Module (or load "
+                          "the name with splitter.compile.trace.load_model first)")
+    shape = tuple(analytic.input_shape)
+    train, test, data_name = resolve_data(data, input_shape or shape, module, seed)
+    labelled = _labelled(test)
+    profile, profile_label = load_device_profile(device_profile)
+    ctx = TrialContext(module, train, test, input_shape=shape, teacher=teacher, labelled=labelled,
+                       batch_size=batch_size, threads=threads, eval_limit=eval_limit, export=export,
+                       schedules=schedules, device_profile=profile, profile_source=profile_label,
+                       name=analytic.model)
+    st = TrialStore(store or os.path.join("runs", "sweep", analytic.model))
+    graph = trace(module, shape)
+
+    # -- trials ---------------------------------------------------------------------------------
+    plain_specs: list[TrialSpec] = []
+    bn_specs: list[TrialSpec] = []
+    rate_pairs: list[tuple[str, str]] = []
+    beta_list = list(betas) if betas else [DEFAULT_BETA]
+    for r in analytic.rows:
+        if r.config == PLAIN:
+            plain_specs.append(TrialSpec(point=r.point, fit="none", seed=seed))
+            continue
+        b = BottleneckSpec.of(r.config)
+        s = split(graph, r.point, bottleneck=b.kind, mode=b.mode, **b.options)
+        if not has_rate(s.bottleneck):
+            bn_specs.append(TrialSpec(point=r.point, config=r.config, fit=fit_mode, seed=seed))
+        elif rate is not None and fit_mode != "none":
+            rate_pairs.append((r.point, r.config))
+        else:
+            bn_specs += [TrialSpec(point=r.point, config=r.config, beta=float(x), fit=fit_mode, seed=seed)
+                         for x in beta_list]
+    results, failed, _ = run_trials(ctx, plain_specs + bn_specs, st, jobs=jobs, ray=ray,
+                                    progress=progress)
+    if rate is not None and rate_pairs:
+        from splitter.explore.ratecontrol import bisect_beta, parse_size
+
+        target = parse_size(rate)
+        for point, config in rate_pairs:
+            def measure(beta: float, point: str = point, config: str = config) -> float:
+                spec = TrialSpec(point=point, config=config, beta=beta, fit=fit_mode, seed=seed)
+                got, bad, _ = run_trials(ctx, [spec], st, jobs=1, ray=None, progress=False)
+                if bad:
+                    raise ConfigError(f"rate search at {point} {config}: trial β={beta:g} failed: "
+                                      f"{bad[0].error}")
+                return got[0].bytes_mean
+
+            search = bisect_beta(measure, target)
+            results.append(st.result(ctx, TrialSpec(point=point, config=config, beta=search.beta,
+                                                    fit=fit_mode, seed=seed)))
+    t_acc = next((r.teacher_accuracy for r in results), None)
+    by_key = {(r.point, r.config): r for r in analytic.rows}
+    rows = [_row(by_key[(res.spec.point, res.spec.config)], res, t_acc, analytic.link, analytic.device,
+                 analytic.server) for res in results]
+    order = {(r.point, r.config): k for k, r in enumerate(analytic.rows)}
+    rows.sort(key=lambda r: (order[(r.point, r.config)], r.beta or 0.0))
+    _mark_pareto(rows)
+    skipped = list(analytic.skipped) + [Skipped(point=f.spec.point, config=f.spec.config, reason=f.error)
+                                        for f in failed]
+
+    # -- input codecs on the same held-out samples, and BD figures ----------------------------
+    names = [c for c in (codecs if codecs is not None else ALL_CODECS) if codecs is not None or available(c)]
+    points_ = []
+    if names and hasattr(test, "raw"):
+        qs = tuple(qualities or QUALITIES)
+        cache = st.root / f"codecs-{ctx.key}-{'_'.join(names)}-{'_'.join(map(str, qs))}.json"
+        from splitter.explore.codecs import CodecPoint
+
+        if cache.exists():
+            points_ = [CodecPoint.model_validate(p) for p in json.loads(cache.read_text())]
+        else:
+            points_ = codec_curves(ctx.teacher, test, codecs=names, qualities=qs, labelled=labelled,
+                                   limit=eval_limit)
+            cache.write_text(json.dumps([p.model_dump() for p in points_]))
+    curves = curves_of(rows, points_)
+    anchor_name = anchor or bd.best_codec(curves, names)
+    bd_rows = bd.compare(curves, anchor_name) if anchor_name else []
+    return analytic.model_copy(update=dict(
+        rows=rows, skipped=skipped, data=data_name, fit=fit_mode, teacher_accuracy=t_acc,
+        metric="accuracy" if labelled else "agreement", codecs=points_, bd=bd_rows, anchor=anchor_name))
