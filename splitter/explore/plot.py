@@ -28,7 +28,19 @@ _MARKERS = "osD^v<>Ph*X"
 
 
 def _label(r: SweepRow) -> str:
-    return r.point if r.config == "plain" else f"{r.point} [{r.config}]"
+    beta = "" if getattr(r, "beta", None) is None else f" β={r.beta:g}"
+    return r.point if r.config == "plain" else f"{r.point} [{r.config}{beta}]"
+
+
+def _codec_lines(ax, result: SweepResult) -> None:
+    """Each input codec's measured accuracy-vs-bytes points, as dashed lines."""
+    by: dict[str, list] = {}
+    for c in result.codecs:
+        by.setdefault(c.method, []).append((c.bytes_mean, c.accuracy))
+    for k, (name, pts) in enumerate(by.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, marker=".", ms=4, alpha=0.8,
+                color=f"C{(k + 5) % 10}", label=f"{name.upper()} input → teacher", zorder=2)
 
 
 def _zero_floor(values: list[float]) -> float | None:
@@ -130,7 +142,10 @@ def plot_sweep(result: SweepResult, path: str) -> None:
         ys = [r.accuracy for r in r_]
         front = pareto_mask([(x, -y) for x, y in zip(xs, ys)])
         _scatter(rd, r_, xs, ys, front, configs)
-        rd.set(xlabel="payload bytes / sample", ylabel="accuracy", title="supervised R-D")
+        if result.codecs:
+            _codec_lines(rd, result)
+        measured = " (measured)" if any(getattr(r, "measured", False) for r in r_) else ""
+        rd.set(xlabel=f"payload bytes / sample{measured}", ylabel="accuracy", title="supervised R-D")
     else:
         xs = [r.encoder_bits for r in rows]
         ys = [r.payload_bytes for r in rows]

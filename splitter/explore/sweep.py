@@ -95,8 +95,8 @@ class SweepResult(BaseModel):
     fit: str | None = None
     teacher_accuracy: float | None = None
     metric: str | None = None
-    codecs: list[Any] = []  # splitter.explore.codecs.CodecPoint, as dicts once dumped
-    bd: list[Any] = []  # splitter.explore.bd.BDRow
+    codecs: list[CodecPoint] = []  # input codecs on the same held-out samples
+    bd: list[BDRow] = []  # every curve against ``anchor``
     anchor: str | None = None
 
     # -- picking ------------------------------------------------------------------------
