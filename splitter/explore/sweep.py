@@ -35,6 +35,8 @@ from passes.cuts import CutPoint
 from splitter.compile.costs import CostReport, cost_table, measure_payload, report_at
 from splitter.compile.trace import Graph, trace
 from splitter.errors import SplitterError
+from splitter.explore.bd import BDRow
+from splitter.explore.codecs import CodecPoint
 from splitter.explore.latency import DEVICE, LTE, SERVER, Link, Machine, latency_ms
 
 __all__ = ["sweep", "SweepResult", "SweepRow", "Skipped", "BottleneckSpec", "select_points", "pareto_mask"]
