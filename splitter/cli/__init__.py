@@ -18,7 +18,7 @@ import traceback
 
 from splitter.errors import SplitterError
 
-COMMANDS = ["points", "split", "sweep", "fit", "eval", "encode", "serve", "export", "demo"]
+COMMANDS = ["points", "split", "sweep", "plan", "fit", "eval", "encode", "profile", "serve", "export", "demo"]
 
 
 VERBOSE_HELP = "show torch's diagnostics (e.g. the graph of a failed trace) and full tracebacks"
