@@ -231,24 +231,20 @@ def test_batcher_stacks_requests_and_each_reply_is_bit_identical(exported, local
         assert reply[0].shape == alone[0].shape and np.array_equal(reply[0], alone[0])
 
 
-def test_batcher_never_exceeds_max_batch_and_runs_big_requests_alone(local):
-    sym = np.zeros((1, *local.symbol_shape), dtype=np.uint8)
+def test_batcher_slices_big_requests_to_max_batch_bit_for_bit(exported, local):
+    device = exported[1].device(threads=1)
+    sizes = (1, 6, 2, 2, 1)
+    symbols = [local.decode_symbols(device.encode(_x(k, 300 + k))).numpy() for k in sizes]
     runs = []
-    gate = threading.Event()
-
-    def run(x):
-        gate.wait(30)
-        return local.run_tail(x)
-
-    batcher = Batcher(run, max_batch=4, max_delay_s=0.5, on_batch=lambda n, r: runs.append(n))
+    batcher = Batcher(local.run_tail, max_batch=4, max_delay_s=0.5, on_batch=lambda n, r: runs.append(n))
     try:
-        futs = [batcher.submit(np.repeat(sym, k, axis=0)) for k in (1, 6, 2, 2, 1)]
-        gate.set()
+        futs = [batcher.submit(s) for s in symbols]
         outs = [f.result(timeout=60) for f in futs]
     finally:
         batcher.close()
-    assert [len(o[0]) for o in outs] == [1, 6, 2, 2, 1]
-    assert all(n <= 4 for n in runs if n != 6) and 6 in runs and sum(runs) == 12
+    assert all(n <= 4 for n in runs) and sum(runs) == sum(sizes)
+    for s, out in zip(symbols, outs):
+        assert np.array_equal(out[0], local.run_tail(s)[0])
 
 
 def test_budget_refuses_at_once_and_releases():

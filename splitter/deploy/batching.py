@@ -6,11 +6,13 @@
             │ over budget: Overloaded ─► 503 + Retry-After, at once, nothing queued
             ▼
     Batcher.submit(symbols (B, *S)) ─► queue ─► worker thread: take requests while
-        Σ B ≤ max_batch and the first one has waited < max_delay ─► stack (ΣB, *S)
+        Σ B ≤ max_batch and the first one has waited < max_delay ─► stack (≤ max_batch, *S)
         ─► run (the tail) ─► split the outputs back by request ─► each request's future
 
-A request whose samples alone exceed ``max_batch`` runs on its own; with ``max_batch=1``
-every request runs alone, one at a time (the tail already uses every core).
+A request holding more than ``max_batch`` samples runs in slices of ``max_batch`` (the
+tail's activations, not the payload, are what a big request costs in memory); each sample's
+outputs are the same bits in any slice. With ``max_batch=1`` every sample runs alone, one
+at a time (the tail already uses every core).
 
 Why written here and not taken from an engine: Triton's and Ray Serve's batchers
 (``@serve.batch``) batch *calls*, one sample each, and know nothing of a payload that holds
@@ -115,6 +117,12 @@ class _Item:
     symbols: np.ndarray
     future: Future
     t: float
+    taken: int = 0  # samples handed to a run so far
+    parts: list = field(default_factory=list)  # outputs of the runs so far, in order
+
+    @property
+    def left(self) -> int:
+        return len(self.symbols) - self.taken
 
 
 class Batcher:
@@ -171,25 +179,33 @@ class Batcher:
             self._cv.notify_all()
         self._thread.join(timeout=10)
 
-    def _take(self) -> list[_Item] | None:
-        """Under the lock: wait for a first request, then for company until its deadline."""
+    def _take(self) -> list[tuple[_Item, int, int]] | None:
+        """Under the lock: wait for a first request, then for company until its deadline.
+
+        Returns ``(item, start, stop)`` slices adding up to at most ``max_batch`` samples; a
+        request larger than that stays at the head of the queue for the next runs.
+        """
         with self._cv:
             while not self._queue and not self._closed:
                 self._cv.wait()
             if self._closed and not self._queue:
                 return None
-            first = self._queue.popleft()
-            batch, n = [first], len(first.symbols)
+            first = self._queue[0]
             key = (first.symbols.shape[1:], first.symbols.dtype)
             deadline = first.t + self.max_delay_s
+            batch: list[tuple[_Item, int, int]] = []
+            n = 0
             while n < self.max_batch:
                 if self._queue:
-                    nxt = self._queue[0]
-                    if (nxt.symbols.shape[1:], nxt.symbols.dtype) != key \
-                            or n + len(nxt.symbols) > self.max_batch:
+                    it = self._queue[0]
+                    if (it.symbols.shape[1:], it.symbols.dtype) != key:
                         break
-                    batch.append(self._queue.popleft())
-                    n += len(nxt.symbols)
+                    k = min(it.left, self.max_batch - n)
+                    batch.append((it, it.taken, it.taken + k))
+                    it.taken += k
+                    n += k
+                    if not it.left:
+                        self._queue.popleft()
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed or (self._incoming is not None and not self._incoming()):
@@ -202,20 +218,31 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
-            live = [it for it in batch if it.future.set_running_or_notify_cancel()]
-            if not live:
+            batch = [(it, a, b) for it, a, b in batch
+                     if a > 0 or it.future.set_running_or_notify_cancel()]
+            batch = [(it, a, b) for it, a, b in batch if not it.future.done()]
+            if not batch:
                 continue
             try:
-                x = live[0].symbols if len(live) == 1 else np.concatenate([it.symbols for it in live])
+                it0, a0, b0 = batch[0]
+                x = (it0.symbols[a0:b0] if len(batch) == 1
+                     else np.concatenate([it.symbols[a:b] for it, a, b in batch]))
                 outs = self._run(x)
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
-                for it in live:
-                    it.future.set_exception(e)
+                for it, _, _ in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+                with self._cv:  # drop what is left of a failed request
+                    self._queue = deque(q for q in self._queue if not q.future.done())
                 continue
             start = 0
-            for it in live:
-                stop = start + len(it.symbols)
-                it.future.set_result([o[start:stop] for o in outs] if len(live) > 1 else outs)
-                start = stop
+            for it, a, b in batch:
+                it.parts.append([o[start:start + b - a] for o in outs] if len(batch) > 1 else outs)
+                start += b - a
+                if b == len(it.symbols):
+                    res = (it.parts[0] if len(it.parts) == 1
+                           else [np.concatenate(p) for p in zip(*it.parts)])
+                    it.parts = []
+                    it.future.set_result(res)
             if self._on_batch is not None:
-                self._on_batch(start, len(live))
+                self._on_batch(start, len(batch))

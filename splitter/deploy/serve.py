@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitter.deploy import oip, payload
 from splitter.deploy.batching import Batcher, Budget, Overloaded, Ticket
 from splitter.deploy.runtime import Bundle, load_bundle
-from splitter.errors import BundleError, PayloadError
+from splitter.errors import BundleError, ConfigError, PayloadError
 
 __all__ = ["ServeOptions", "create_app", "serve", "DEFAULT_MAX_BYTES"]
 
@@ -83,7 +83,11 @@ class _Metrics:
     """The app's Prometheus series, in a registry of its own (several apps may share a process)."""
 
     def __init__(self, engine: _Engine):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ImportError as e:
+            raise ConfigError("splitter serve exports Prometheus metrics: pip install "
+                              "'sc2-splitter[serve]' (prometheus-client)") from e
 
         r = self.registry = CollectorRegistry()
         self.requests = Counter("splitter_requests", "Inference requests by protocol and HTTP status",
@@ -121,7 +125,8 @@ class _Engine:
         self.server, self.opts = server, opts
         self.budget = Budget(opts.max_queue, opts.max_samples_in_flight, opts.max_bytes_in_flight,
                              opts.retry_after_s)
-        self.max_batch = opts.max_batch if server.batchable else 1
+        # A tail fixed to one batch size > 1 takes exactly that many samples a run.
+        self.max_batch = opts.max_batch if server.batchable else server.manifest.export.tail.batch
         self.metrics = None
         self.decoding = 0  # admitted requests not yet at the batcher (read by its delay rule)
         self.batcher = Batcher(server.run_tail, max_batch=self.max_batch,
