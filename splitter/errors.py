@@ -16,6 +16,7 @@ __all__ = [
     "TraceError",
     "UnknownLayerError",
     "CutError",
+    "InputError",
     "InputShapeError",
     "InputValueError",
     "BottleneckError",
@@ -75,7 +76,11 @@ class CutError(SplitterError, ValueError):
     """The requested cut exists but cannot be used the way it was asked (e.g. multi-tensor)."""
 
 
-class InputShapeError(SplitterError, ValueError):
+class InputError(SplitterError, ValueError):
+    """An input cannot be encoded as it is: wrong dtype or non-finite values."""
+
+
+class InputShapeError(InputError):
     """An input does not have the shape the traced model expects."""
 
 

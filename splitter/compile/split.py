@@ -23,7 +23,7 @@ from passes.cuts import CutPoint
 from passes.partition import partition
 from splitter.compile.trace import Graph, trace
 from splitter.deploy import payload
-from splitter.errors import CutError, PayloadError
+from splitter.errors import CutError, InputError, PayloadError
 
 __all__ = ["Split", "split"]
 
@@ -116,7 +116,9 @@ class Split(nn.Module):
         bn = self._bottleneck_or_raise()
         if isinstance(x, torch.Tensor) and x.dim() == len(self.graph.input_shape):
             x = x.unsqueeze(0)
-        self.graph.check_input(x)
+        # the bottleneck was built for the traced shape: other sizes cannot be coded
+        self.graph.check_input(x, fixed=True)
+        check_values(x)
         expected = self._expected_spatial()
         with torch.no_grad():
             return payload.encode_symbols(bn, self.head(x), expected)
@@ -163,6 +165,24 @@ class Split(nn.Module):
         kind = getattr(self.bottleneck, "kind", None)
         return (f"Split({self.graph.name!r}, at={self.cut.name!r}, mode={self.mode!r}, "
                 f"bottleneck={kind!r}, wire={[t.shape for t in self.cut.tensors]})")
+
+
+def check_values(x: torch.Tensor) -> None:
+    """Raise :class:`InputError` unless ``x`` is float32 with only finite values.
+
+    Checked before any compute: a uint8 image would be coded as if it were normalised, and
+    a NaN either passes through a quantizer silently or fails deep in the entropy coder.
+    """
+    if x.dtype != torch.float32:
+        hint = ("scale and normalise it first (x.float() / 255, then the model's mean/std; "
+                "Device.preprocess does this for image files)" if not x.is_floating_point()
+                else "convert it with x.float()")
+        raise InputError(f"input dtype is {str(x.dtype).replace('torch.', '')}; the head takes "
+                         f"float32: {hint}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise InputError(f"input has {bad} non-finite value(s) (NaN or inf); clean or drop those "
+                         f"samples before encoding")
 
 
 def split(
