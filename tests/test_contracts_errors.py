@@ -71,6 +71,17 @@ def test_checkpoint_mismatch_inside_the_body_asks_for_the_training_arguments(tmp
         load_model("test_resnet", checkpoint=str(tmp_path / "x.safetensors"), num_classes=10)
 
 
+def test_split_weights_of_another_width_name_the_tensors(tmp_path):
+    from splitter.train.checkpoint import load_split, save_split
+
+    a = splitter.split("test_resnet", at="layer2", bottleneck="crbq", channels=4, input_shape=SMALL)
+    b = splitter.split("test_resnet", at="layer2", bottleneck="crbq", channels=6, input_shape=SMALL)
+    save_split(a, str(tmp_path / "s.safetensors"))
+    with pytest.raises(splitter.SplitterError, match=r"encoder\.weight: \(4, 48, 1, 1\) in the file, "
+                                                     r"\(6, 48, 1, 1\) in the split.*channels="):
+        load_split(b, str(tmp_path / "s.safetensors"))
+
+
 # -- no network ------------------------------------------------------------------------------
 
 def test_pretrained_without_network_says_to_pass_a_checkpoint(tmp_path):
