@@ -8,7 +8,7 @@
     this venv + BASELINE code on PYTHONPATH:     fresh process: import, load, encode one image
 
 Printed per runtime: import time of the device runtime (median of 3 fresh processes), peak
-RSS of a process that imports, loads the bundle and encodes one 224x224 image, the installed
+RSS (``VmHWM``) of a process that imports, loads the bundle and encodes one 224x224 image, the installed
 size of its environment, head and coding time per image (median of ``--n``, one thread,
 round-robin) and coding as % of encode. The model is ResNet-50 with the Entropic Student
 head (``splitter.split("resnet50", at="layer1", bottleneck="entropy", mode="replace",
@@ -49,7 +49,7 @@ print(time.perf_counter() - t0)
 """
 
 MEASURE = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 import splitter
 from splitter.deploy import payload
@@ -58,7 +58,8 @@ bundle_dir, x_path, n, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.arg
 x = np.load(x_path)
 dev = splitter.load_bundle(bundle_dir).device(threads=1)
 data = dev.encode(x)  # one 224x224 image: the peak below covers import, load and this encode
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (torch-laden) parent
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 head = lambda: dev.symbols(x)
 sym = head()
 if old:  # the torch bottleneck's compress, as the old Device.encode ran it
@@ -133,7 +134,8 @@ def run(py: str, code: str, *args: str, pythonpath: Path | None = None) -> str:
                           capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"subprocess failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def main() -> None:
@@ -155,9 +157,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     dev_py = str(ensure_device_venv(Path(args.device_venv)))
 
-    torch.manual_seed(0)
-    s = splitter.split("resnet50", input_shape=(3, 224, 224), **SPLIT)
-    b = splitter.export(s, work / "bundle", threads=1, overwrite=True)
+    if (work / "bundle").exists():  # a rerun with the same --work measures the same bundles
+        b = splitter.load_bundle(work / "bundle")
+    else:
+        torch.manual_seed(0)
+        s = splitter.split("resnet50", input_shape=(3, 224, 224), **SPLIT)
+        b = splitter.export(s, work / "bundle", threads=1)
     x = b.device(threads=1).preprocess(synthetic_image(224))[None]
     np.save(work / "x.npy", x)
     old_tree = baseline_tree(args.baseline, work)

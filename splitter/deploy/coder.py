@@ -177,12 +177,16 @@ def _small_decode(data: bytes, indexes: list[int], tables: Tables) -> list[int]:
 
 
 # -- constriction for long streams ------------------------------------------------------------
-def _groups(idx: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """Positions sorted by table (stable), and (table, start, stop) of each group, ascending."""
-    order = np.argsort(idx, kind="stable")
-    tables, starts = np.unique(idx[order], return_index=True)
-    stops = [*starts[1:].tolist(), len(idx)]
-    return order, list(zip(tables.tolist(), starts.tolist(), stops))
+def _groups(idx: np.ndarray) -> tuple[np.ndarray | None, list[tuple[int, int, int]]]:
+    """Positions sorted by table (stable; ``None`` when ``idx`` is sorted already, as a
+    per-channel factorized prior's is), and (table, start, stop) of each group, ascending."""
+    order = None
+    if idx.size > 1 and not (idx[1:] >= idx[:-1]).all():
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+    starts = np.flatnonzero(idx[1:] != idx[:-1]) + 1
+    bounds = [0, *starts.tolist(), len(idx)]
+    return order, [(int(idx[a]), a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _nibble_symbols(raw: np.ndarray) -> np.ndarray:
@@ -198,20 +202,25 @@ def _nibble_symbols(raw: np.ndarray) -> np.ndarray:
 def _long_encode(s: np.ndarray, idx: np.ndarray, tables: Tables) -> bytes:
     import constriction
 
-    top = tables.lengths[idx] - 2
-    v = s - tables.offsets[idx]
-    neg, over = v < 0, v >= top
-    esc = neg | over
-    bins = np.where(esc, top, v).astype(np.int32)
+    order, groups = _groups(idx)
+    sorted_s = s if order is None else s[order]
     coder = constriction.stream.stack.AnsCoder()
-    if esc.any():  # decoded last, so pushed first
+    chunks, escapes = [], False
+    for t, a, b in groups:  # per table: offsets and ranges are scalars, no gathers
+        v = sorted_s[a:b] - int(tables.offsets[t])
+        top = int(tables.lengths[t]) - 2
+        outside = bool(v.min() < 0 or v.max() >= top)
+        escapes |= outside
+        chunks.append((t, np.where((v < 0) | (v >= top), top, v) if outside else v))
+    if escapes:  # in raster order, decoded last, so pushed first
+        top = tables.lengths[idx] - 2
+        v = s - tables.offsets[idx]
+        neg, esc = v < 0, (v < 0) | (v >= top)
         raw = np.where(neg, -2 * v - 1, 2 * (v - top))[esc]
         coder.encode_reverse(_nibble_symbols(raw), constriction.stream.model.Uniform(16))
-    order, groups = _groups(idx)
-    sorted_bins = bins[order]
-    for t, a, b in reversed(groups):
-        coder.encode_reverse(np.ascontiguousarray(sorted_bins[a:b]), tables.model(t))
-    return coder.get_compressed().astype("<u4").tobytes()
+    for t, bins in reversed(chunks):
+        coder.encode_reverse(bins.astype(np.int32), tables.model(t))
+    return coder.get_compressed().astype("<u4", copy=False).tobytes()
 
 
 def _long_decode(data: bytes, idx: np.ndarray, tables: Tables) -> np.ndarray:
@@ -225,8 +234,11 @@ def _long_decode(data: bytes, idx: np.ndarray, tables: Tables) -> np.ndarray:
         sorted_bins = np.empty(len(idx), dtype=np.int64)
         for t, a, b in groups:
             sorted_bins[a:b] = coder.decode(tables.model(t), b - a)
-        bins = np.empty_like(sorted_bins)
-        bins[order] = sorted_bins
+        if order is None:
+            bins = sorted_bins
+        else:
+            bins = np.empty_like(sorted_bins)
+            bins[order] = sorted_bins
         top = tables.lengths[idx] - 2
         v = bins.copy()
         esc = np.flatnonzero(bins == top)
@@ -260,7 +272,7 @@ def encode(symbols, indexes, tables: Tables, limit: int = SYMBOL_LIMIT) -> bytes
     idx = _check_indexes(indexes, tables)
     if s.shape != idx.shape:
         raise ValueError(f"{s.size} symbols but {idx.size} table indexes")
-    if s.size and int(np.abs(s).max()) > limit:
+    if s.size and max(-int(s.min()), int(s.max())) > limit:
         raise ValueError(f"symbol magnitude {int(np.abs(s).max())} exceeds the coder limit {limit}; "
                          f"the latent is out of range (check the bottleneck's input scale)")
     return _encode_checked(s, idx, tables)
