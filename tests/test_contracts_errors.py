@@ -193,6 +193,17 @@ def test_model_args_values_parse_to_python_types():
             parse_model_args(bad)
 
 
+def test_every_model_taking_command_takes_model_args():
+    from splitter.cli import build_parser
+    from splitter.cli._common import model_args
+
+    parser = build_parser()
+    for argv in (["points", "m"], ["split", "m", "--at", "x"], ["sweep", "m"], ["fit", "c.yaml"],
+                 ["eval", "m"]):
+        args = parser.parse_args([*argv, "--model-args", "a=1,b=None", "--model-args", "a=2"])
+        assert model_args(args) == {"a": 2, "b": None}, argv
+
+
 def test_model_args_reach_a_torchvision_factory_without_download(monkeypatch, capsys):
     def no_download(*a, **k):
         raise AssertionError("downloaded weights")
@@ -223,6 +234,8 @@ def test_torchvision_resnet_stages_are_its_top_level_children(capsys):
     assert [r.point for r in splitter.sweep(g).rows] == ["input", *R50_STAGES, "output"]
     assert main(["points", "torchvision.models:resnet50", "--input-size", "3,32,32", "--stages"]) == 0
     assert _points_rows(capsys.readouterr().out) == ["input", *R50_STAGES, "output"]
+    assert main(["sweep", "torchvision.models:resnet50", "--input-size", "3,32,32", "--stages"]) == 0
+    assert _points_rows(capsys.readouterr().out)[:-1] == ["input", *R50_STAGES, "output"]  # + "best"
 
 
 def test_hybrid_vit_stages_include_the_resnet_stem(capsys):
