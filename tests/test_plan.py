@@ -95,3 +95,20 @@ def test_plan_on_digits_for_lora_stays_within_1_5_points(tmp_path, capsys):
                       for i in range(len(test))])
     acc = float((preds == np.array(test.targets)).mean())
     assert 100 * (t_acc - acc) <= 1.5, (acc, t_acc, text)
+
+
+def test_cli_plan_reads_a_device_profile(tmp_path, capsys):
+    """Encode times from a device profile replace this machine's per row, and decide."""
+    import json
+
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"encode_ms": {"layer1 crbq": 5000.0, "output": 0.5, "layer1": 4000.0}}))
+    rc = main(["plan", "test_resnet", "--model-args", "num_classes=10", "--input-size", "3,16,16",
+               "--data", "digits", "--at", "layer1", "--bottleneck", "crbq:channels=4", "--fit", "none",
+               "--limit", "24", "--codecs", "none", "--no-export", "--store", str(tmp_path / "s"),
+               "--link", "lora", "--max-drop", "100", "--device-profile", str(prof)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    choice = next(ln for ln in out.splitlines() if ln.startswith("choice:"))
+    assert choice.startswith("choice: output plain") and "0.500 ms device (profile p.json" in choice
+    assert "no bundle to write" in out

@@ -84,41 +84,53 @@ def _labelled(data: Dataset) -> bool:
     return not (targets is not None and len(targets) and all(int(t) < 0 for t in targets))
 
 
-def load_device_profile(source: str | dict | None) -> tuple[dict[str, float], str]:
-    """Encode times by ``"point"`` or ``"point config"``, and a label naming their source.
+def load_device_profile(source: str | dict | None) -> tuple[dict[str, float], str, float | None]:
+    """Encode times keyed ``"point kind"`` / ``"point config"`` / ``"point"`` (plain), a label
+    naming their source, and the device's effective GFLOP/s when the profile gives one.
 
-    Reads ``splitter.deploy.profile.DeviceProfile`` when that module exists; otherwise a
-    JSON file ``{"encode_ms": {"layer1": 2.1, "layer1 entropy:channels=8": 3.4}}`` (the
-    label then says so).
+    Reads a :class:`splitter.deploy.profile.DeviceProfile` (``splitter profile BUNDLE``
+    writes one: its cut, kind, ``encode_ms_p50`` and ``device_gflops``), or a JSON file
+    ``{"encode_ms": {"layer1 entropy": 3.4, "layer2": 2.1}}`` (the label then says so).
     """
     if source is None:
-        return {}, ""
+        return {}, "", None
     if isinstance(source, dict):
         data, label = source, "dict"
     else:
         path = Path(source)
         if not path.exists():
-            raise ConfigError(f"device profile {source!r} does not exist; write a JSON file "
-                              f'{{"encode_ms": {{"layer1": 2.1}}}} or measure one on the device')
+            raise ConfigError(f"device profile {source!r} does not exist; run `splitter profile "
+                              f"BUNDLE -o FILE` on the device, or write a JSON file "
+                              f'{{"encode_ms": {{"layer1 entropy": 2.1}}}}')
         try:
-            from splitter.deploy.profile import DeviceProfile  # written by another change
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"device profile {source!r} is not JSON ({e})") from e
+        label = f"{path.name} (JSON encode_ms)"
+        if isinstance(data, dict) and "encode_ms_p50" in data:
+            from splitter.deploy.profile import load_profile
 
-            prof = DeviceProfile.model_validate_json(path.read_text())
-            data = {"encode_ms": dict(getattr(prof, "encode_ms", {}) or {})}
-            label = f"{path.name} (DeviceProfile)"
-        except ImportError:
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"device profile {source!r} is not JSON ({e})") from e
-            label = f"{path.name} (JSON encode_ms)"
+            prof = load_profile(path)
+            return ({f"{prof.cut} {prof.kind}": float(prof.encode_ms_p50)},
+                    f"{path.name} (DeviceProfile, {prof.threads or 'all'} thread(s), p50)",
+                    prof.device_gflops)
     enc = data.get("encode_ms") if isinstance(data, dict) else None
     if not isinstance(enc, dict) or not all(isinstance(v, (int, float)) for v in enc.values()):
-        raise ConfigError("a device profile needs 'encode_ms': {point or 'point config': milliseconds}")
-    return {str(k): float(v) for k, v in enc.items()}, label
+        raise ConfigError("a device profile needs 'encode_ms': {'point kind' or 'point': milliseconds}, "
+                          "or is a DeviceProfile written by `splitter profile`")
+    return {str(k): float(v) for k, v in enc.items()}, label, None
 
 
-def _row(analytic: SweepRow, res: TrialResult, teacher_acc: float, link, device, server) -> SweepRow:
+def _profile_ms(profile: dict[str, float], point: str, config: str) -> float | None:
+    kind = config.split(":", 1)[0]
+    for key in [f"{point} {config}", f"{point} {kind}"] + ([point] if config == PLAIN else []):
+        if key in profile:
+            return profile[key]
+    return None
+
+
+def _row(analytic: SweepRow, res: TrialResult, teacher_acc: float, link, device, server,
+         profile: dict[str, float] | None = None, profile_label: str = "") -> SweepRow:
     r = analytic.model_copy(deep=True)
     r.beta = res.spec.beta
     r.measured, r.fitted, r.metric = True, res.fitted, res.metric
@@ -132,6 +144,9 @@ def _row(analytic: SweepRow, res: TrialResult, teacher_acc: float, link, device,
     r.tail_macs, r.tail_flops = res.tail_macs, res.tail_flops
     r.device_ms, r.device_ms_source = res.device_ms, (res.device_ms_source if res.device_ms is not None
                                                       else f"estimate ({res.device_ms_source})")
+    prof = _profile_ms(profile or {}, r.point, r.config)
+    if prof is not None:  # the device's own measurement beats this machine's
+        r.device_ms, r.device_ms_source = prof, f"profile {profile_label}"
     r.bundle, r.trial_id = res.bundle, res.id
     r.latency_ms = _latency(r, link, device, server, r.device_ms)
     return r
@@ -176,11 +191,14 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
     shape = tuple(analytic.input_shape)
     train, test, data_name = resolve_data(data, input_shape or shape, module, seed)
     labelled = _labelled(test)
-    profile, profile_label = load_device_profile(device_profile)
+    profile, profile_label, gflops = load_device_profile(device_profile)
+    if gflops:  # the profiled device's effective rate, for rows it did not time
+        from splitter.explore.latency import Machine
+
+        analytic = analytic.under(device=Machine(gflops=gflops, name=f"device ({profile_label})"))
     ctx = TrialContext(module, train, test, input_shape=shape, teacher=teacher, labelled=labelled,
                        batch_size=batch_size, threads=threads, eval_limit=eval_limit, export=export,
-                       schedules=schedules, device_profile=profile, profile_source=profile_label,
-                       name=analytic.model)
+                       schedules=schedules, name=analytic.model)  # the profile applies per row, below
     st = TrialStore(store or os.path.join("runs", "sweep", analytic.model))
     graph = trace(module, shape)
 
@@ -223,7 +241,7 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
     t_acc = next((r.teacher_accuracy for r in results), None)
     by_key = {(r.point, r.config): r for r in analytic.rows}
     rows = [_row(by_key[(res.spec.point, res.spec.config)], res, t_acc, analytic.link, analytic.device,
-                 analytic.server) for res in results]
+                 analytic.server, profile, profile_label) for res in results]
     order = {(r.point, r.config): k for k, r in enumerate(analytic.rows)}
     rows.sort(key=lambda r: (order[(r.point, r.config)], r.beta or 0.0))
     _mark_pareto(rows)

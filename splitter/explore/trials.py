@@ -17,7 +17,8 @@ Accuracy is top-1 against the labels, or top-1 agreement with the teacher when t
 none (``ctx.labelled = False``). Bytes are ``len()`` of each sample's own payload (header
 included); bits per pixel divide them by the model input's H×W. Device time is the median
 of ``Device.encode`` (head.onnx + entropy coder + framing) on one sample at a time with
-``threads`` onnxruntime threads, or an encode time read from a device profile.
+``threads`` onnxruntime threads (a device profile, when given to the sweep, replaces it per
+row; see :mod:`splitter.explore.measure`).
 
 Parallelism reuses what exists: ``concurrent.futures`` with spawned processes (each sets
 its torch threads to ``threads``) and Ray Tune (``tune.Tuner`` over a grid of the missing
@@ -302,7 +303,11 @@ def _pixels(ctx: TrialContext) -> int:
 
 
 def _profile_ms(ctx: TrialContext, spec: TrialSpec) -> float | None:
-    for key in (f"{spec.point} {spec.config}", spec.point):
+    """The profile's encode time for this trial: by ``"point config"``, ``"point kind"``, or
+    (plain points only) ``"point"``."""
+    kind = spec.config.split(":", 1)[0]
+    keys = [f"{spec.point} {spec.config}", f"{spec.point} {kind}"]
+    for key in keys + ([spec.point] if spec.config == PLAIN else []):
         if key in ctx.device_profile:
             return float(ctx.device_profile[key])
     return None
