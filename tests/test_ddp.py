@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
     for k, v in sorted(ck.split_state(s).items()):
         h.update(k.encode()); h.update(v.contiguous().numpy().tobytes())
     print(f"RANK {rank} WORLD {rep.world_size} STEPS {rep.global_step} WRITES {len(writes)} "
-          f"SHA {h.hexdigest()}", flush=True)
+          f"SHA {h.hexdigest()} BATCH {rep.batch_size} {rep.rank_batch_size}", flush=True)
 """)
 
 
@@ -62,15 +62,21 @@ def test_torchrun_two_ranks_identical_weights_one_writer(tmp_path):
         pytest.fail("torchrun did not finish in 300 s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     found = dict()
-    for m in re.finditer(r"RANK (\d) WORLD (\d) STEPS (\d+) WRITES (\d+) SHA ([0-9a-f]{64})", proc.stdout):
-        found[int(m.group(1))] = (int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5))
+    for m in re.finditer(r"RANK (\d) WORLD (\d) STEPS (\d+) WRITES (\d+) SHA ([0-9a-f]{64}) "
+                         r"BATCH (\d+) (\d+)", proc.stdout):
+        found[int(m.group(1))] = (int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5),
+                                  int(m.group(6)), int(m.group(7)))
     assert set(found) == {0, 1}, proc.stdout[-2000:]
     assert found[0][0] == found[1][0] == 2 and found[0][1] == found[1][1] == 5
     assert found[0][3] == found[1][3], "ranks ended with different weights"
     assert found[0][2] > 0 and found[1][2] == 0, "rank 1 wrote files"
+    # batch_size=16 is the global batch: 8 samples a step on each of the 2 ranks
+    assert found[0][4:] == found[1][4:] == (16, 8)
     names = sorted(os.listdir(out))
-    assert names == ["checkpoint.safetensors", "fit.json", "optimizer.safetensors",
-                     "split.safetensors", "state.json"], names
+    # 64 samples / 2 ranks / 8 a step = 4 steps an epoch: each stage ends inside its first
+    # epoch, so no mid-stage optimizer state is written
+    assert names == ["checkpoint.safetensors", "fit.json", "history.csv", "split.safetensors",
+                     "state.json"], names
     # the one file on disk holds exactly the weights both ranks ended with
     h = hashlib.sha256()
     for k, v in sorted(load_file(str(out / "split.safetensors")).items()):

@@ -27,7 +27,7 @@ from torch import nn
 
 from splitter.errors import SplitterError
 
-__all__ = ["split_state", "save_split", "load_split", "save_optimizers", "load_optimizers",
+__all__ = ["split_state", "save_split", "load_split", "save_optimizers", "load_optimizers", "write_text",
            "write_json", "read_json", "WEIGHTS", "CHECKPOINT", "OPTIMIZER", "STATE"]
 
 WEIGHTS = "split.safetensors"
@@ -172,7 +172,11 @@ def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], path: str,
 
 def write_json(obj: Any, path: str) -> None:
     """``json.dump`` to ``path`` atomically, indented."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def write_text(text: str, path: str) -> None:
+    """``text`` to ``path`` atomically (never half-written)."""
 
     def write(p: str) -> None:
         with open(p, "w") as f:

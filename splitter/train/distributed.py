@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from splitter.errors import ConfigError
+
 __all__ = ["Context", "setup", "broadcast_state"]
 
 
@@ -50,7 +52,15 @@ def setup(device: str | torch.device | None = None) -> Context:
     if device in (None, "auto"):
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', "
+                              f"'cuda:N' or 'auto'") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} but no CUDA GPU is visible here "
+                              f"(torch.cuda.is_available() is False); use device='cpu', or "
+                              f"'auto' to take a GPU only where there is one")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{local}")
     if world <= 1:
