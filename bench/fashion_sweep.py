@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--fit", choices=["quick", "full"], default="quick")
     ap.add_argument("--betas", default="0.001,0.004,0.016")
     ap.add_argument("--channels", type=int, default=8)
+    ap.add_argument("--steps", default="600,200", help="quick schedule: features,kd steps of 64 "
+                                                       "(full: 5x)")
     ap.add_argument("--points", default="stages")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
@@ -76,10 +78,11 @@ def main() -> None:
     from splitter.explore.evaluate import evaluate_model
 
     print(f"teacher: {100 * evaluate_model(model, test).accuracy:.2f} % on all 10,000 test images")
-    # quick: 600 + 200 steps of 64 (~1.4 epochs of 60k); full: 5x that
+    # quick: --steps (default 600 + 200 steps of 64, ~1.4 epochs of 60k); full: 5x that
     k = 5 if args.fit == "full" else 1
-    sched = [dict(kind="features", steps=600 * k, lr=3e-3, match_output=10, tau=1),
-             dict(kind="kd", steps=200 * k, lr=3e-4, tau=1)]
+    feat, kd = (int(v) for v in args.steps.split(","))
+    sched = [dict(kind="features", steps=feat * k, lr=3e-3, match_output=10, tau=1),
+             dict(kind="kd", steps=kd * k, lr=3e-4, tau=1)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = splitter.sweep(model, args.points, [f"entropy:channels={args.channels}"], input_shape=SHAPE,

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from splitter.errors import ConfigError
+from splitter.errors import ConfigError, SplitterError
 from splitter.explore.sweep import (
     PLAIN,
     BottleneckSpec,
@@ -238,6 +238,10 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
             search = bisect_beta(measure, target)
             results.append(st.result(ctx, TrialSpec(point=point, config=config, beta=search.beta,
                                                     fit=fit_mode, seed=seed)))
+    if not results:
+        reasons = "; ".join(f"{f.spec.point} {f.spec.config}: {f.error}" for f in failed[:3])
+        raise SplitterError(f"no trial of the sweep finished ({reasons}); see the trial logs under "
+                            f"{st.root / 'trials'}")
     t_acc = next((r.teacher_accuracy for r in results), None)
     by_key = {(r.point, r.config): r for r in analytic.rows}
     rows = [_row(by_key[(res.spec.point, res.spec.config)], res, t_acc, analytic.link, analytic.device,
