@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from targets.int8 import Int8Report
 from targets.tables import BottleneckSpec
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST", "DEVICE_DIR", "SERVER_DIR", "DEVICE_FILES", "SERVER_FILES",
@@ -186,6 +187,7 @@ class DeviceManifest(_Half):
 
     role: Literal["device"] = "device"
     export: DeviceExportInfo
+    int8: Int8Report | None = Field(None, description="head.onnx is int8: its parity and speed vs fp32")
 
 
 class Manifest(_Half):

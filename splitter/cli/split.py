@@ -30,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                    help="ONNX exporter (auto: dynamo, then torchscript)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --out: quantize head.onnx to int8 (static QDQ), calibrated on --calibration")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="real images for --int8: a folder of JPEG/PNG files or a .npy (N, C, H, W) array")
+    p.add_argument("--int8-min-top1", type=float, default=0.98, metavar="F",
+                   help="refuse an int8 head whose top-1 agreement with fp32 is below F (default 0.98)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     options = dict(args.option)
     if args.channels is not None:
         options["channels"] = args.channels
+    if args.int8 and not (args.out and args.calibration):
+        from splitter.errors import BundleError
+
+        raise BundleError("--int8 quantizes the exported head: add --out DIR and --calibration "
+                          "DATA (a folder of real images or a .npy array)")
     if args.out:
         from splitter.deploy.export import check_out_dir
 
@@ -61,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from splitter.deploy.export import export
 
-    b = export(s, args.out, exporter=args.exporter, overwrite=args.overwrite)
+    b = export(s, args.out, exporter=args.exporter, overwrite=args.overwrite, int8=args.int8,
+               calibration=args.calibration, int8_min_top1=args.int8_min_top1)
     m = b.manifest
     print(f"bundle {b.path}:")
     for half in (b.device_half, b.server_half):  # device/ and server/, each with its manifest
@@ -71,4 +83,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  exporters: head {m.export.head.exporter}, tail {m.export.tail.exporter}; parity on "
           f"{p.n_inputs} inputs: {p.symbols_identical:.4%} symbols identical, top-1 agreement "
           f"{p.top1_agreement:.2%}, {'passed' if p.passed else 'FAILED'}")
+    q = b.device_half.manifest.int8
+    if q is not None:
+        print(f"  int8 head: top-1 agreement {q.top1_agreement:.2%} on {q.n_eval} calibration "
+              f"images, {q.symbols_identical:.2%} symbols identical, weights {q.weight_bits_ratio:.2f}x "
+              f"the fp32 bits; {q.latency_ms_int8:.2f} ms vs fp32 {q.latency_ms_fp32:.2f} ms "
+              f"({q.threads} thread): {q.faster} is faster"
+              + ("" if q.faster == "int8" else "; export without --int8 to keep fp32"))
     return 0

@@ -126,6 +126,21 @@ def check_parity(split, bundle: Bundle, inputs: torch.Tensor | None = None, *, n
                   criteria=_criteria(integer, rtol))
 
 
+def _int8(split, staging: Path, device_m, calibration, min_top1: float, options):
+    """Swap the staged fp32 head for its int8 version (:mod:`targets.int8`); the manifest
+    with the new digest and the :class:`~targets.int8.Int8Report`."""
+    from targets.bundle import replace_file
+    from targets.int8 import int8_head
+
+    if calibration is None:
+        raise BundleError("int8=True needs calibration= real images ((N, C, H, W) array, .npy "
+                          "or a folder of images; CLI --calibration DATA)", file="device/head.onnx")
+    data, report = int8_head(split, (staging / DEVICE_DIR / "head.onnx").read_bytes(),
+                             calibration, min_top1=min_top1, **(options or {}))
+    device_m = replace_file(staging / DEVICE_DIR, device_m, "head.onnx", data)
+    return device_m.model_copy(update={"int8": report})
+
+
 def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> None:
     """Raise :class:`BundleError` before any work when exporting to ``out_dir`` would replace
     a bundle without ``overwrite`` or anything that is not a bundle (never replaced)."""
@@ -139,7 +154,8 @@ def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> None:
 
 def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
            exporter: str = "auto", strict: bool = True, threads: int | None = None,
-           overwrite: bool = False) -> Bundle:
+           overwrite: bool = False, int8: bool = False, calibration: Any = None,
+           int8_min_top1: float = 0.98, int8_options: dict[str, Any] | None = None) -> Bundle:
     """Write ``split`` as a bundle in ``out_dir`` and return it, loaded and verified.
 
     Two halves, each with its own ``manifest.json``: ``device/`` holds ``head.onnx``
@@ -152,6 +168,13 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
     (dynamo, then torchscript), ``"dynamo"`` or ``"torchscript"``. A bundle already at
     ``out_dir`` raises :class:`~splitter.errors.BundleError` unless ``overwrite``; a directory
     that is not a bundle is never replaced.
+
+    ``int8``: after the fp32 bundle passes its check, quantize ``head.onnx`` (static QDQ,
+    :mod:`targets.int8`) calibrated on ``calibration`` (``(N, C, H, W)`` preprocessed images,
+    a ``.npy`` file or a folder of images); ``device/manifest.json`` records the parity and
+    the measured fp32 vs int8 head latency (``int8.faster``). A top-1 agreement with the fp32
+    pipeline below ``int8_min_top1`` raises :class:`~splitter.errors.BundleError` and writes
+    nothing. ``int8_options`` go to :func:`targets.int8.quantize_head`.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite=overwrite)
@@ -166,6 +189,8 @@ def export(split, out_dir: str | Path, inputs: torch.Tensor | None = None, *,
             raise BundleError(f"the exported bundle does not match the split ({parity.criteria}): "
                               f"{parity.model_dump()}. Nothing was written; pass strict=False to "
                               f"keep it anyway.", file=_culprit(parity))
+        if int8:
+            device_m = _int8(split, staging, device_m, calibration, int8_min_top1, int8_options)
         write_manifest(device_m, staging / DEVICE_DIR)
         write_manifest(server_m.model_copy(update={"parity": parity}), staging / SERVER_DIR)
         check_out_dir(out_dir, overwrite=overwrite)  # again: one may have appeared meanwhile
