@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 from splitter.errors import BundleError
 from targets.manifest import OnnxExport  # the record; defined there so the device needs no torch
 
-__all__ = ["OnnxExport", "export_onnx", "export_head", "EXPORTERS"]
+__all__ = ["OnnxExport", "export_onnx", "export_head", "EXPORTERS", "frozen"]
 
 EXPORTERS = ("dynamo", "torchscript")
 MAX_BATCH = 1024  # upper bound of the dynamic batch dimension
@@ -107,6 +107,25 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, *, i
                       f"another layer, or make the failing op exportable.", file=path.name)
 
 
+@contextmanager
+def frozen(*modules: nn.Module | None):
+    """Parameters of ``modules`` with ``requires_grad=False`` for the duration (restored after).
+
+    An exporter that traces (torchscript) refuses to bake a tensor that requires grad into
+    the graph as a constant, which is what a parameter the traced module reads but does not
+    register becomes (the head reads the bottleneck's entropy-model medians that way).
+    """
+    params = {id(p): p for m in modules if m is not None for p in m.parameters()}
+    flags = {k: p.requires_grad for k, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for k, p in params.items():
+            p.requires_grad_(flags[k])
+
+
 def export_head(split, path: str | Path, *, exporter: str = "auto") -> OnnxExport:
     """``split.head`` (image -> symbols) to ``path``.
 
@@ -116,5 +135,6 @@ def export_head(split, path: str | Path, *, exporter: str = "auto") -> OnnxExpor
     g = split.graph
     dynamic = g.frontend != "export"  # a torch.export-traced graph is fixed to its batch of 1
     example = torch.randn(2 if dynamic else 1, *g.input_shape, generator=torch.Generator().manual_seed(0))
-    return export_onnx(split.head, example, path, input_name="image", output_names=["symbols"],
-                       exporter=exporter, dynamic_batch=dynamic)
+    with frozen(split.head, split.bottleneck):
+        return export_onnx(split.head, example, path, input_name="image", output_names=["symbols"],
+                           exporter=exporter, dynamic_batch=dynamic)

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from splitter.errors import BundleError
 from targets.manifest import OnnxExport, Pt2Export
-from targets.onnx_head import MAX_BATCH, export_onnx, placeholder_name
+from targets.onnx_head import MAX_BATCH, export_onnx, frozen, placeholder_name
 
 __all__ = ["Pt2Export", "TailExport", "export_tail", "tail_output_names", "output_structure",
            "flat_outputs"]
@@ -117,11 +117,12 @@ def export_tail(split, out_dir: str | Path, *, exporter: str = "auto") -> TailEx
         symbols = split.head(x)
         out = split.tail(symbols)
     names = tail_output_names(out)
-    pt2, program = _export_pt2(split.tail, symbols, out_dir / "tail.pt2", dynamic)
-    tail = split.tail
-    if output_structure(out) == "dict":  # ONNX has no dicts: the outputs, named by their keys
-        tail, program = _Flat(split.tail).eval(), None
-    onnx_info = export_onnx(tail, symbols, out_dir / "tail.onnx", input_name="symbols",
-                            output_names=names, exporter=exporter, dynamic_batch=pt2.dynamic_batch,
-                            program=program)
+    with frozen(split.tail, split.bottleneck):
+        pt2, program = _export_pt2(split.tail, symbols, out_dir / "tail.pt2", dynamic)
+        tail = split.tail
+        if output_structure(out) == "dict":  # ONNX has no dicts: the outputs, named by their keys
+            tail, program = _Flat(split.tail).eval(), None
+        onnx_info = export_onnx(tail, symbols, out_dir / "tail.onnx", input_name="symbols",
+                                output_names=names, exporter=exporter,
+                                dynamic_batch=pt2.dynamic_batch, program=program)
     return TailExport(pt2=pt2, onnx=onnx_info)
