@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
-from compressai.layers import GDN
 from torch import nn
+
+from bottlenecks._compressai import GDN
 
 __all__ = ["nchw_shape", "map_stride", "upsample_to", "insert_coders", "replace_coders",
            "replace_latent"]

@@ -68,17 +68,20 @@ def resize_tables_on_load(module: torch.nn.Module) -> None:
     """Let ``load_state_dict`` fill coder tables that are still empty in ``module``.
 
     CompressAI's entropy models keep their CDFs in buffers that are empty until
-    ``update()``; a plain ``load_state_dict`` then fails on the size mismatch (CompressAI
-    works around it in ``CompressionModel.load_state_dict``). This hook resizes each empty
-    buffer to the incoming tensor's shape first.
+    ``update()``; a plain ``load_state_dict`` fails on the size mismatch. CompressAI's own
+    ``update_registered_buffers`` resizes them (its ``CompressionModel.load_state_dict``
+    calls it); this pre-hook calls it for every entropy model inside ``module``.
     """
+    from bottlenecks._compressai import EntropyModel, update_registered_buffers
 
     def hook(state_dict, prefix, *_):
-        for name, buf in list(module.named_buffers()):
+        for name, em in module.named_modules():
+            if not isinstance(em, EntropyModel):
+                continue
             key = prefix + name
-            if key in state_dict and buf.numel() == 0 and state_dict[key].numel() > 0:
-                owner = module.get_submodule(name.rpartition(".")[0])
-                leaf = name.rpartition(".")[2]
-                owner._buffers[leaf] = torch.empty_like(state_dict[key], device=buf.device)
+            present = [n for n, _ in em.named_buffers(recurse=False)
+                       if n in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+                       and f"{key}.{n}" in state_dict]
+            update_registered_buffers(em, key, present, state_dict)
 
     module._register_load_state_dict_pre_hook(hook)

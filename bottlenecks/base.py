@@ -82,8 +82,8 @@ def create(name: str, *, in_shape: tuple[int, ...], layout: str = "nchw",
     opts.pop("layout")
     cls = REGISTRY[name]
     if mode == "replace":
-        return cls(in_shape, layout, out_shape, mode=mode, **opts)
-    return cls(in_shape, layout, out_shape, **opts)
+        return cls(in_shape, layout=layout, out_shape=out_shape, mode=mode, **opts)
+    return cls(in_shape, layout=layout, out_shape=out_shape, **opts)
 
 
 def infer_layout(shape: tuple[int, ...]) -> str:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
 from bottlenecks import _rans
 from bottlenecks._common import build_coders, check_spatial, check_strings, check_symbols, ste_round
+from bottlenecks._compressai import GaussianConditional
 from bottlenecks._layers import map_stride, upsample_to
 from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
+from bottlenecks.entropy import FactorizedCodec
 
 __all__ = ["MeanScaleHyperprior", "scale_table"]
 
@@ -70,7 +71,7 @@ class MeanScaleHyperprior(Bottleneck):
               else nn.Conv2d(n, k, ks, padding=pad))
         self.hyper_encoder = nn.Sequential(nn.Conv2d(k, n, ks, padding=pad), nn.LeakyReLU(), down)
         self.hyper_decoder = nn.Sequential(up, nn.LeakyReLU(), nn.Conv2d(k, 2 * k, ks, padding=pad))
-        self.entropy_bottleneck = EntropyBottleneck(n)
+        self.entropy_bottleneck = FactorizedCodec(self.z_latent)  # z: the entropy kind's codec
         self.gaussian_conditional = GaussianConditional(scale_table(levels=scale_levels))
         self.gaussian_conditional.update()
         _rans.resize_tables_on_load(self)
@@ -80,7 +81,7 @@ class MeanScaleHyperprior(Bottleneck):
         return to_nchw(x, self.layout) if self.mode == "insert" else x
 
     def _z_medians(self) -> torch.Tensor:
-        return self.entropy_bottleneck.quantiles[:, 0, 1].detach().reshape(1, -1, 1, 1)
+        return self.entropy_bottleneck.medians()
 
     def _hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scales, means = self.hyper_decoder(z_hat).chunk(2, dim=1)
@@ -96,13 +97,8 @@ class MeanScaleHyperprior(Bottleneck):
     def _rounded_means(self, means: torch.Tensor) -> torch.Tensor:
         return torch.round(means).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
 
-    def _tables(self) -> tuple[_rans.Tables, _rans.Tables]:
-        self.entropy_bottleneck.update()  # once, if still empty
-        return _rans.Tables.of(self.gaussian_conditional), _rans.Tables.of(self.entropy_bottleneck)
-
-    def _z_indexes(self) -> torch.Tensor:
-        n, h, w = self.z_latent
-        return torch.arange(n, dtype=torch.int32).view(n, 1, 1).expand(n, h, w)
+    def _gc_tables(self) -> _rans.Tables:
+        return _rans.Tables.of(self.gaussian_conditional)
 
     # -- the interface -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
@@ -111,7 +107,7 @@ class MeanScaleHyperprior(Bottleneck):
         y_hat = ste_round(y).contiguous()  # as decode sees it (see entropy.py)
         z = self.hyper_encoder(y_hat)
         _, z_lik = self.entropy_bottleneck(z)
-        scales, means = self._hyper(ste_round(z, self._z_medians()))
+        scales, means = self._hyper(self.entropy_bottleneck.ste(z))
         if self.training:
             _, y_lik = self.gaussian_conditional(y, scales, means)
         else:  # the coder's own model: residual against rounded means, zero-mean Gaussian
@@ -133,27 +129,24 @@ class MeanScaleHyperprior(Bottleneck):
         check_symbols(symbols, self.latent, self.kind)
         if symbols.numel() and int(symbols.abs().max()) > _rans.SYMBOL_LIMIT:
             raise ValueError(f"hyperprior: symbols exceed ±{_rans.SYMBOL_LIMIT}; use encode()")
-        gc_tables, eb_tables = self._tables()
-        z_idx, out = self._z_indexes(), []
+        gc_tables, zc, out = self._gc_tables(), self.entropy_bottleneck, []
         for s in symbols.cpu().to(torch.int32).contiguous():  # one sample at a time, as decompress does
-            z = self.hyper_encoder(s[None].float())
-            z_sym = torch.round(z - self._z_medians()).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
-            scales, means = self._hyper(z_sym + self._z_medians())
+            z_sym = zc.symbols(self.hyper_encoder(s[None].float()))
+            scales, means = self._hyper(zc.values(z_sym))
             idx = self._scale_indexes(scales)
             r = s[None] - self._rounded_means(means).to(torch.int32)
             out.append([_rans.encode(r, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT),
-                        _rans.encode(z_sym.to(torch.int32), z_idx, eb_tables)])
+                        zc.code(z_sym)[0]])
         return out
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], spatial: tuple[int, ...]) -> torch.Tensor:
         strings = check_strings(strings, self.n_streams)
         check_spatial(spatial, self.latent)
-        gc_tables, eb_tables = self._tables()
-        z_idx, out = self._z_indexes(), []
+        gc_tables, zc, out = self._gc_tables(), self.entropy_bottleneck, []
         for y_str, z_str in strings:
-            z_sym = _rans.decode(z_str, z_idx, eb_tables).view(1, *self.z_latent)
-            scales, means = self._hyper(z_sym.float() + self._z_medians())
+            z_sym = zc.uncode([z_str])
+            scales, means = self._hyper(zc.values(z_sym))
             idx = self._scale_indexes(scales)
             r = _rans.decode(y_str, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT).view(1, *self.latent)
             y = r + self._rounded_means(means).to(torch.int32)
@@ -173,11 +166,10 @@ class MeanScaleHyperprior(Bottleneck):
         return out
 
     def table_tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for model in ("entropy_bottleneck", "gaussian_conditional"):
-            em = getattr(self, model)
-            out.update({f"{model}.{n}": getattr(em, n)
-                        for n in ("_quantized_cdf", "_offset", "_cdf_length")})
+        out = self.entropy_bottleneck.table_tensors("entropy_bottleneck")
+        gc = self.gaussian_conditional
+        out.update({f"gaussian_conditional.{n}": getattr(gc, n)
+                    for n in ("_quantized_cdf", "_offset", "_cdf_length")})
         out["gaussian_conditional.scale_table"] = self.gaussian_conditional.scale_table
         return out
 
