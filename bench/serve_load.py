@@ -161,9 +161,10 @@ def _load(port: int, path: str, body: bytes, headers: dict, clients: int, durati
             "errors": len(statuses) - len(ok)}
 
 
-def _ceiling(bundle, payload: bytes, seconds: float, threads: int | None) -> dict[int, float]:
+def _ceiling(bundle, payload: bytes, seconds: float, threads: int | None,
+             spinning: bool) -> dict[int, float]:
     """Images/s of onnxruntime alone on the tail, per batch size (``threads``: None = all cores)."""
-    server = bundle.server(threads=threads)
+    server = bundle.server(threads=threads, spinning=spinning)
     sym = server.decode_symbols(payload).numpy()
     out = {}
     for bs in (1, 4, 8, 16):
@@ -179,10 +180,11 @@ def _ceiling(bundle, payload: bytes, seconds: float, threads: int | None) -> dic
 
 def _print_ceiling(bundle, payload: bytes, seconds: float, when: str) -> float:
     best = 0.0
-    for threads in (None, 1):
-        c = _ceiling(bundle, payload, seconds, threads)
+    for threads, spinning in ((None, True), (None, False), (1, False)):
+        c = _ceiling(bundle, payload, seconds, threads, spinning)
         best = max(best, *c.values())
-        print(f"bare onnxruntime tail, {when}, {'all cores' if threads is None else '1 thread'}: " +
+        what = f"{'all cores' if threads is None else '1 thread'}{', spinning' if spinning else ''}"
+        print(f"bare onnxruntime tail, {when}, {what}: " +
               ", ".join(f"batch {b}: {v:.1f}" for b, v in c.items()) + " img/s", flush=True)
     return best
 

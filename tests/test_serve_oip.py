@@ -402,3 +402,34 @@ def test_tuple_model_serves_every_output(tmp_path):
         assert np.array_equal(outs[name_i], local[i].numpy())
         assert np.allclose(outs[name_i], ref[i].numpy(), rtol=1e-4, atol=1e-5)
     assert v1.status_code == 400 and "/v2/models/" in v1.json()["detail"]
+
+
+def test_a_failing_tail_answers_500_in_the_protocol_shape_and_keeps_serving(exported):
+    b = exported[1]
+    app = create_app(b, threads=1)
+    engine = app.state.engine
+    real, calls = engine.server.run_tail, []
+
+    def flaky(x):
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return real(x)
+
+    engine.batcher._run = flaky
+    data = b.device(threads=1).encode(_x(1, 12))
+    body = {"inputs": [{"name": "payload", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(data).decode()]}], "outputs": [{"name": "logits"}]}
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            url = f"/v2/models/{b.manifest.model}/infer"
+            return await c.post(url, json=body, timeout=60), await c.post(url, json=body, timeout=60)
+
+    try:
+        r1, r2 = asyncio.run(go())
+    finally:
+        engine.batcher.close()
+    assert r1.status_code == 500 and r1.json() == {"error": "inference failed: RuntimeError: device lost"}
+    assert r2.status_code == 200
+    assert (engine.budget.requests, engine.budget.samples, engine.budget.bytes) == (0, 0, 0)

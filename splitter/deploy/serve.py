@@ -28,6 +28,7 @@ costs one 400; the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -44,10 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitter.deploy import oip, payload
 from splitter.deploy.batching import Batcher, Budget, Overloaded, Ticket
 from splitter.deploy.runtime import Bundle, load_bundle
-from splitter.errors import BundleError, ConfigError, PayloadError
+from splitter.errors import ConfigError, PayloadError, SplitterError
 
 __all__ = ["ServeOptions", "create_app", "serve", "DEFAULT_MAX_BYTES"]
 
+log = logging.getLogger("splitter.serve")
 DEFAULT_MAX_BYTES = 8 << 20
 MAX_K = 100
 VERSION = "1"
@@ -348,9 +350,13 @@ def create_app(bundle: Bundle | str | Path, options: ServeOptions | None = None,
         except oip.ProtocolError as e:
             status = e.status
             return v2_error(e.status, str(e))
-        except BundleError as e:
+        except SplitterError as e:  # e.g. a sample count a fixed-batch tail cannot take
             status = 400
             return v2_error(400, str(e))
+        except Exception as e:  # noqa: BLE001 - still answered in the protocol's shape
+            status = 500
+            log.exception("inference failed")
+            return v2_error(500, f"inference failed: {type(e).__name__}: {e}")
         finally:
             metrics.requests.labels("v2", str(status)).inc()
             metrics.latency.labels("v2").observe(time.perf_counter() - t0)
@@ -396,6 +402,13 @@ def create_app(bundle: Bundle | str | Path, options: ServeOptions | None = None,
         except _Fail as e:
             status = e.status
             return v1_error(e.status, e.message, e.headers)
+        except SplitterError as e:
+            status = 400
+            return v1_error(400, str(e))
+        except Exception as e:  # noqa: BLE001
+            status = 500
+            log.exception("inference failed")
+            return v1_error(500, f"inference failed: {type(e).__name__}: {e}")
         finally:
             metrics.requests.labels("v1", str(status)).inc()
             metrics.latency.labels("v1").observe(time.perf_counter() - t0)
