@@ -108,13 +108,16 @@ def compare(curves: Mapping[str, Curve], anchor: str) -> list[BDRow]:
                               note="anchor"))
             continue
         row = BDRow(curve=name, anchor=anchor, points=n)
-        try:
-            row.bd_rate = bd_rate(curves[anchor], c)
-            row.bd_accuracy = bd_accuracy(curves[anchor], c)
+        notes = []
+        for what, fn in (("rate", bd_rate), ("accuracy", bd_accuracy)):
+            try:
+                setattr(row, f"bd_{what}", fn(curves[anchor], c))
+            except ValueError as e:
+                notes.append(f"no BD-{what}: {e}")
+        if row.bd_rate is not None:
             acc_ov = _overlap(_arrays(curves[anchor])[1], _arrays(c)[1])
-            row.note = f"accuracy ranges overlap {100 * acc_ov:.0f} %"
-        except ValueError as e:
-            row.note = f"no BD figure: {e}"
+            notes.insert(0, f"accuracy ranges overlap {100 * acc_ov:.0f} %")
+        row.note = "; ".join(notes)
         rows.append(row)
     return rows
 
