@@ -24,21 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
+
+from splitter.tensors import TensorSpec
 
 __all__ = ["TensorInfo", "ScalarInfo", "CutPoint", "find_cut_points", "to_networkx", "constant_nodes"]
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor crossing a cut. ``shape`` is for the traced batch (batch of one by default)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    nbytes: int
+TensorInfo = TensorSpec  # the name this module used; one class for every tensor description
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class CutPoint:
     index: int
     node: str
     module_path: str
-    tensors: tuple[TensorInfo, ...]
+    tensors: tuple[TensorSpec, ...]  # per sample
     aliases: tuple[str, ...] = field(default=())
     scalars: tuple[ScalarInfo, ...] = field(default=())  # Python values the tail re-creates
 
@@ -116,16 +110,13 @@ def constant_nodes(gm: fx.GraphModule, dag: nx.DiGraph | None = None) -> set[str
     return {n.name for n in gm.graph.nodes if n.name not in live and n.op != "output"}
 
 
-def _tensor_info(node: fx.Node) -> TensorInfo | None:
+def _tensor_info(node: fx.Node) -> TensorSpec | None:
+    """The node's tensor per sample (the traced batch dimension dropped)."""
     tm = node.meta.get("tensor_meta")
     if not isinstance(tm, TensorMetadata):
         return None
-    numel = 1
-    for d in tm.shape:
-        numel *= int(d)
-    itemsize = torch.empty((), dtype=tm.dtype).element_size()
-    return TensorInfo(node.name, tuple(int(d) for d in tm.shape), str(tm.dtype).replace("torch.", ""),
-                      numel * itemsize)
+    return TensorSpec(name=node.name, shape=tuple(int(d) for d in tm.shape[1:]),
+                      dtype=str(tm.dtype).replace("torch.", ""))
 
 
 # Reading these from a tensor reads its metadata, never its data.

@@ -81,9 +81,11 @@ def partition(gm: fx.GraphModule, cut: CutPoint) -> tuple[fx.GraphModule, fx.Gra
             _copy_meta(_node(nodes, w), tenv[w])
     if cut.fixed_shape:  # check every dimension that does not follow the batch size
         for t in cut.tensors:
-            probe = _node(nodes, t.name).meta.get("probe") or ()
+            node = _node(nodes, t.name)
+            probe = node.meta.get("probe") or ()
+            traced = tuple(int(d) for d in node.meta["tensor_meta"].shape)  # batch included
             # A dimension that changed in the batch probe follows the batch size: left free.
-            want = tuple(n if d < len(probe) and probe[d] == n else -1 for d, n in enumerate(t.shape))
+            want = tuple(n if d < len(probe) and probe[d] == n else -1 for d, n in enumerate(traced))
             src = tenv[t.name]
             tenv[t.name] = tail.call_function(_expect_shape, (src, want, t.name))
             _copy_meta(src, tenv[t.name])

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from splitter.tensors import TensorSpec
 from targets.int8 import Int8Report
 from targets.tables import BottleneckSpec
 
@@ -70,12 +71,7 @@ class FileEntry(_Strict):
     size: int = Field(ge=0)
 
 
-class TensorInfo(_Strict):
-    """One tensor, per sample (no batch dimension)."""
-
-    name: str
-    shape: list[int]
-    dtype: str
+TensorInfo = TensorSpec  # one tensor, per sample (the one descriptor: splitter/tensors.py)
 
 
 class Preprocess(_Strict):

@@ -34,9 +34,9 @@ def test_cut_points_cover_ends_and_stages(resnet):
     assert cuts[0].name == "input" and cuts[-1].name == "output"
     assert [c.index for c in cuts] == sorted(c.index for c in cuts)
     by_name = {c.name: c for c in cuts}
-    assert by_name["layer1"].tensors[0].shape == (1, 64, 16, 16)
+    assert by_name["layer1"].tensors[0].shape == (64, 16, 16)  # per sample
     assert by_name["layer1"].nbytes == 64 * 16 * 16 * 4
-    assert by_name["output"].tensors[0].shape == (1, 1000)
+    assert by_name["output"].tensors[0].shape == (1000,)
     # inside a residual block two tensors cross: the branch and the shortcut
     assert len(by_name["layer2.0.conv1"].tensors) == 2
     assert g.stage_names() == ["act1", "layer1", "layer2", "layer3", "layer4"]
@@ -46,7 +46,7 @@ def test_multi_tensor_cut_head_returns_every_tensor(resnet):
     s = splitter.split(resnet, "layer2.0.bn1", input_shape=(3, 64, 64))
     wire = s.head(torch.randn(1, 3, 64, 64))
     assert isinstance(wire, tuple) and len(wire) == len(s.cut.tensors) == 2
-    assert [tuple(w.shape) for w in wire] == [t.shape for t in s.cut.tensors]
+    assert [tuple(w.shape[1:]) for w in wire] == [t.shape for t in s.cut.tensors]
 
 
 def test_fx_node_name_and_alias_accepted(resnet):
@@ -102,7 +102,7 @@ def test_fallback_to_export_when_fx_fails():
     s = splitter.split(g, g.cut_points()[1].name)
     with torch.no_grad():
         assert torch.equal(s.tail(s.head(x)), m(x))
-    assert g.cut("conv").tensors[0].shape == (1, 4, 6, 6)  # module paths survive export
+    assert g.cut("conv").tensors[0].shape == (4, 6, 6)  # module paths survive export
 
 
 class _Untraceable(torch.nn.Module):
@@ -126,4 +126,4 @@ def test_unknown_model_name():
 
 def test_import_path_factory():
     g = splitter.trace("torchvision.models:resnet18", (3, 32, 32))
-    assert g.cut("layer1").tensors[0].shape == (1, 64, 8, 8)
+    assert g.cut("layer1").tensors[0].shape == (64, 8, 8)

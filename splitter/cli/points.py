@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         cuts = [cuts[0], *g.stages(), cuts[-1]]
     rows = []
     for c in cuts:
-        shapes = " + ".join("x".join(map(str, t.shape[1:])) for t in c.tensors)
+        shapes = " + ".join("x".join(map(str, t.shape)) for t in c.tensors)
         rows.append([c.name, shapes, str(len(c.tensors)), f"{c.nbytes / 1024:,.1f}"])
     what = "stages and ends" if args.stages else "cut points"
     print(f"{g.name}: {len(cuts)} {what}, input {(1, *g.input_shape)}, traced by {g.frontend}")

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if s.cut.name in stages:
         print(f"  stage {stages.index(s.cut.name) + 1} of {len(stages)} (`splitter points --stages`)")
     for t in s.cut.tensors:
-        print(f"  wire at {s.cut.name}: {t.name} {tuple(t.shape[1:])} {t.dtype} ({t.nbytes:,} B)")
+        print(f"  wire at {s.cut.name}: {t.name} {t.shape} {t.dtype} ({t.nbytes:,} B)")
     try:
         c = s.costs
         print(f"  encoder: {c.encoder_params:,} params, {c.encoder_mb:.3f} MB, {c.encoder_macs:,} MACs; "

@@ -62,7 +62,7 @@ def _check_cut(graph: Graph, cut: CutPoint) -> None:
 
 def _create(graph: Graph, cut: CutPoint, spec: BottleneckSpec, layout: str) -> Bottleneck:
     """The kind's module for this cut, from a validated spec."""
-    cut_shape = tuple(cut.tensors[0].shape[1:])
+    cut_shape = cut.tensors[0].shape
     channels = spec.options.get("channels")
     c_at_cut = cut_shape[-1] if layout in ("nhwc", "nlc") else cut_shape[0]
     if channels is not None and spec.kind != "identity" and channels > c_at_cut:
@@ -90,7 +90,7 @@ def build_bottleneck_split(graph: Graph, cut: CutPoint, bottleneck: BottleneckSp
     from splitter.compile.split import Split
 
     _check_cut(graph, cut)
-    cut_shape = tuple(cut.tensors[0].shape[1:])
+    cut_shape = cut.tensors[0].shape
     if isinstance(bottleneck, BottleneckSpec):
         spec = bottleneck
         try:

@@ -35,13 +35,14 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from passes._attention_flops import register_attention_flops
 from passes.cuts import CutPoint, constant_nodes
 from splitter.errors import SplitterError
+from splitter.tensors import TensorSpec
 
 __all__ = ["CostReport", "TensorSpec", "CostTable", "SideCost", "cost_report", "report_at",
            "cost_table", "dtype_bits", "bottleneck_costs", "BottleneckCost", "measure_payload"]
@@ -52,17 +53,6 @@ def dtype_bits(dtype: torch.dtype) -> int:
     if dtype == torch.bool:
         return 1
     return int(dtype.itemsize) * 8
-
-
-class TensorSpec(BaseModel):
-    """One tensor crossing the cut, per sample (shape without the batch dimension)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    nbytes: int
 
 
 class CostReport(BaseModel):
@@ -280,9 +270,7 @@ def _batch(graph) -> int:
 
 
 def _tensor_specs(cut: CutPoint) -> list[TensorSpec]:
-    return [TensorSpec(name=t.name, shape=tuple(t.shape[1:]), dtype=t.dtype,
-                       nbytes=t.nbytes // max(1, t.shape[0] if t.shape else 1))
-            for t in cut.tensors]
+    return list(cut.tensors)  # already per sample
 
 
 def _samples(inputs: Any) -> Iterable[torch.Tensor]:
