@@ -29,7 +29,7 @@ _LAZY = {
     "Graph": "splitter.compile.trace",
     "split": "splitter.compile.split",
     "Split": "splitter.compile.split",
-    "BottleneckSpec": "splitter.compile.spec",
+    "BottleneckSpec": "bottlenecks.spec",
     "fit": "splitter.train.fit",
     "export": "splitter.deploy.export",
     "load_bundle": "splitter.deploy.runtime",
@@ -38,7 +38,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from splitter.compile.spec import BottleneckSpec
+    from bottlenecks.spec import BottleneckSpec
     from splitter.compile.split import Split, split
     from splitter.compile.trace import Graph, trace
     from splitter.deploy.export import export

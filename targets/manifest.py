@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitter.tensors import TensorSpec
 from targets.int8 import Int8Report
-from targets.tables import BottleneckSpec
+from targets.tables import BuiltBottleneck
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST", "DEVICE_DIR", "SERVER_DIR", "DEVICE_FILES", "SERVER_FILES",
            "TIED", "Manifest", "DeviceManifest", "CoderInfo", "FileEntry", "TensorInfo",
@@ -171,7 +171,7 @@ class _Half(_Strict):
     input: TensorInfo
     preprocess: Preprocess
     symbols: SymbolsInfo
-    bottleneck: BottleneckSpec
+    bottleneck: BuiltBottleneck
     coder: CoderInfo
     versions: dict[str, str]
     files: dict[str, FileEntry]

@@ -22,48 +22,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from bottlenecks.spec import BottleneckSpec
 from splitter.errors import BundleError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BottleneckSpec", "spec_of", "save_tables", "load_bottleneck", "device_state",
+__all__ = ["BuiltBottleneck", "spec_of", "save_tables", "load_bottleneck", "device_state",
            "save_device_tables"]
 
 
-class BottleneckSpec(BaseModel):
-    """Everything ``bottlenecks.create`` needs to rebuild the module with the same shapes."""
+class BuiltBottleneck(BottleneckSpec):
+    """The one :class:`~bottlenecks.spec.BottleneckSpec` (kind, mode, validated options) plus
+    the shapes it was built for: everything ``bottlenecks.create`` needs to rebuild the module."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str
-    options: dict[str, Any] = Field(default_factory=dict, description="the kind's own options (channels, ...)")
-    in_shape: list[int]
-    out_shape: list[int]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
     layout: str
-    in_layout: str | None = Field(None, description="'nchw' when the bottleneck replaces the head")
 
     def create_args(self) -> dict[str, Any]:
-        args = dict(self.options, in_shape=tuple(self.in_shape), layout=self.layout,
-                    out_shape=tuple(self.out_shape))
-        if self.in_layout is not None:
-            args["in_layout"] = self.in_layout
-        return args
+        return dict(self.options, in_shape=self.in_shape, layout=self.layout,
+                    out_shape=self.out_shape, mode=self.mode)
 
 
-def spec_of(split) -> BottleneckSpec:
-    """The spec of ``split.bottleneck`` as ``splitter.compile.bottleneck`` created it."""
+def spec_of(split) -> BuiltBottleneck:
+    """The built bottleneck of ``split``, as ``splitter.compile.bottleneck`` created it."""
     bn = split.bottleneck
     options = {k: v for k, v in split.options.items() if k != "layout"}
     for k, v in options.items():
         if not isinstance(v, (str, int, float, bool, type(None))):
             raise BundleError(f"bottleneck option {k}={v!r} cannot be written to a manifest; use "
                               f"plain numbers and strings as options", file="manifest.json")
-    return BottleneckSpec(kind=bn.kind, options=options, in_shape=list(bn.in_shape),
-                          out_shape=list(bn.out_shape), layout=bn.layout,
-                          in_layout="nchw" if split.mode == "replace" else None)
+    return BuiltBottleneck(kind=bn.kind, mode="replace" if split.mode == "replace" else "insert",
+                           options=options, in_shape=tuple(bn.in_shape),
+                           out_shape=tuple(bn.out_shape), layout=bn.layout)
 
 
 _DEVICE_ONLY = ("encoder.",)  # the main encoder runs inside head.onnx; the server never needs it

@@ -296,3 +296,40 @@ def test_light_imports_stay_light():
             "print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_public_names_resolve():
+    for name in splitter.__all__:
+        assert getattr(splitter, name) is not None, name
+    assert splitter.BottleneckSpec is BottleneckSpec
+
+
+def test_sweep_bottleneck_typo_fails_before_tracing(capsys):
+    rc = main(["sweep", "resnet18", "--input-size", "3,32,32", "--at", "layer1",
+               "--bottleneck", "crbq:chanels=4"])
+    assert rc == 2
+    assert "did you mean 'channels'?" in capsys.readouterr().err
+
+
+def test_manifest_records_the_one_spec(r18_32, tmp_path):
+    from targets.tables import BuiltBottleneck, spec_of
+
+    s = splitter.split(r18_32, at="layer2", bottleneck="entropy", mode="replace", channels=6)
+    built = spec_of(s)
+    assert isinstance(built, BuiltBottleneck) and isinstance(built, BottleneckSpec)
+    assert (built.kind, built.mode, built.options) == ("entropy", "replace", {"channels": 6})
+    again = BuiltBottleneck.model_validate_json(built.model_dump_json())
+    assert again == built
+    assert bottlenecks.create(again.kind, **again.create_args()).channels == 6
+
+
+def test_commands_print_no_warnings_of_ours():
+    """compressai's import-time torch.jit.script FutureWarning is silenced at its source."""
+    r = subprocess.run([sys.executable, "-m", "splitter.cli", "points", "resnet18", "--input-size",
+                        "3,32,32", "--stages"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c",
+                        "import bottlenecks.entropy, bottlenecks.hyperprior"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
