@@ -5,13 +5,16 @@ bare onnxruntime tail's ceiling, and peak RSS under heavy payloads.
 ::
 
     resnet50 @224, cut after layer1, crbq (random weights) ─► splitter.export ─► bundle (cached)
-    bare tail:  onnxruntime alone on decoded symbols, batch 1/4/8/16 ─► images/s (the ceiling)
-    per mode:   splitter serve BUNDLE [--max-batch 1 | --max-batch B | --replicas 2]
-                ─► C client threads (binary OIP, one 1-image payload a request, keep-alive)
-                ─► for DURATION s or REQUESTS requests, whichever first ─► req/s, p50, p99
-    heavy:      8 clients × 4 concurrent 64-image payloads, twice each ─► server RSS sampled
-                every 20 ms: peak growth, and every reply 200 or 503 (with Retry-After)
+    servers:  splitter serve BUNDLE --max-batch 1 | --max-batch B | --replicas 2, all started
+    rounds:   bare tail (onnxruntime alone on decoded symbols: all cores / 1 thread, batch 1 / 8)
+              then, per client count C in 1, 4, 16 and per server: C client threads (binary
+              OIP, one 1-image payload a request, keep-alive) for a short window
+              ─► per (server, C): req/s, p50, p99 over all its windows; the best bare-tail
+              figure is the ceiling
+    heavy:    8 clients × 4 concurrent 64-image payloads, twice each ─► server RSS sampled
+              every 20 ms: peak growth, and every reply 200 or 503 (with Retry-After)
 
+Interleaving the windows spreads whatever else loads the machine over every figure alike.
 Every figure is measured in this run; nothing is asserted (speed is not a test).
 
     python bench/serve_load.py                  # about 5 minutes on 2 cores
@@ -142,7 +145,8 @@ _LOCK = threading.Lock()
 
 
 def _load(port: int, path: str, body: bytes, headers: dict, clients: int, duration: float,
-          max_requests: int) -> dict:
+          max_requests: int) -> tuple[list[float], list[int], float]:
+    """``clients`` threads for ``duration`` s or ``max_requests`` requests: latencies, statuses, wall."""
     lat: list[float] = []
     statuses: list[int] = []
     budget = [max_requests]
@@ -154,39 +158,44 @@ def _load(port: int, path: str, body: bytes, headers: dict, clients: int, durati
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    ok = [x for x, s in zip(lat, statuses) if s == 200]
-    return {"rps": len(ok) / wall, "p50": np.percentile(ok, 50) * 1e3 if ok else float("nan"),
-            "p99": np.percentile(ok, 99) * 1e3 if ok else float("nan"), "n": len(ok),
-            "errors": len(statuses) - len(ok)}
+    return lat, statuses, time.perf_counter() - t0
 
 
-def _ceiling(bundle, payload: bytes, seconds: float, threads: int | None,
-             spinning: bool) -> dict[int, float]:
-    """Images/s of onnxruntime alone on the tail, per batch size (``threads``: None = all cores)."""
-    server = bundle.server(threads=threads, spinning=spinning)
-    sym = server.decode_symbols(payload).numpy()
-    out = {}
-    for bs in (1, 4, 8, 16):
-        x = np.repeat(sym, bs, axis=0)
-        server.run_tail(x)  # warm-up
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            server.run_tail(x)
-            n += bs
-        out[bs] = n / (time.perf_counter() - t0)
-    return out
+def _summary(windows: list[tuple[list[float], list[int], float]]) -> dict:
+    lat = [x for w in windows for x, s in zip(w[0], w[1]) if s == 200]
+    n_all = sum(len(w[1]) for w in windows)
+    wall = sum(w[2] for w in windows)
+    return {"rps": len(lat) / wall, "p50": np.percentile(lat, 50) * 1e3 if lat else float("nan"),
+            "p99": np.percentile(lat, 99) * 1e3 if lat else float("nan"), "n": len(lat),
+            "errors": n_all - len(lat)}
 
 
-def _print_ceiling(bundle, payload: bytes, seconds: float, when: str) -> float:
-    best = 0.0
-    for threads, spinning in ((None, True), (None, False), (1, False)):
-        c = _ceiling(bundle, payload, seconds, threads, spinning)
-        best = max(best, *c.values())
-        what = f"{'all cores' if threads is None else '1 thread'}{', spinning' if spinning else ''}"
-        print(f"bare onnxruntime tail, {when}, {what}: " +
-              ", ".join(f"batch {b}: {v:.1f}" for b, v in c.items()) + " img/s", flush=True)
-    return best
+CEILING_VARIANTS = [(None, 1), (None, 8), (1, 1), (1, 8)]  # (threads: None = all cores, batch)
+
+
+class _Ceiling:
+    """onnxruntime alone on the tail (no spinning, as the server runs it): images/s per
+    (threads, batch), measured in short windows between the load windows."""
+
+    def __init__(self, bundle, payload: bytes):
+        self.servers = {t: bundle.server(threads=t) for t in {t for t, _ in CEILING_VARIANTS}}
+        sym = self.servers[None].decode_symbols(payload).numpy()
+        self.inputs = {b: np.repeat(sym, b, axis=0) for b in {b for _, b in CEILING_VARIANTS}}
+        self.done = {v: [0, 0.0] for v in CEILING_VARIANTS}
+        for t, b in CEILING_VARIANTS:
+            self.servers[t].run_tail(self.inputs[b])  # warm-up
+
+    def measure(self, seconds: float) -> None:
+        for t, b in CEILING_VARIANTS:
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                self.servers[t].run_tail(self.inputs[b])
+                n += b
+            self.done[(t, b)][0] += n
+            self.done[(t, b)][1] += time.perf_counter() - t0
+
+    def rates(self) -> dict[tuple, float]:
+        return {v: n / max(s, 1e-9) for v, (n, s) in self.done.items()}
 
 
 def _rss_kb(pid: int) -> int:
@@ -256,7 +265,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=Path("/tmp/splitter-bench-serve/resnet50-layer1-crbq"))
     ap.add_argument("--channels", type=int, default=24, help="crbq channels")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (bound)")
+    ap.add_argument("--duration", type=float, default=9.0, help="seconds per (mode, clients) figure (bound)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved windows the duration is cut into")
     ap.add_argument("--requests", type=int, default=2000, help="requests per measurement (bound)")
     ap.add_argument("--max-batch", type=int, default=16, help="dynamic batching's --max-batch")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
@@ -281,8 +291,6 @@ def main() -> None:
     if args.only_heavy:
         _heavy(args.bundle, bundle, args.bundle.parent)
         return
-    best = _print_ceiling(bundle, one, min(args.duration, 4.0), "before")
-
     modes = [("one-at-a-time", ["--max-batch", "1"]),
              (f"dynamic batching (max {args.max_batch}, {args.max_delay_ms:g} ms)",
               ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)])]
@@ -294,23 +302,39 @@ def main() -> None:
     path = f"/v2/models/{bundle.manifest.model}/infer"
     clients = [int(c) for c in args.clients.split(",")]
     log_dir = args.bundle.parent
-    rows = []
-    for label, extra in modes:
-        srv = _Server(args.bundle, extra, log_dir / f"{label.split()[0]}.log")
-        try:
+    # All servers up at once (idle, they cost no CPU: onnxruntime does not spin); then every
+    # figure is gathered in rounds of short windows, mode after mode, so that the load other
+    # work puts on this machine drifts over all of them alike.
+    servers = [_Server(args.bundle, extra, log_dir / f"{label.split()[0]}.log") for label, extra in modes]
+    windows: dict[tuple[str, int], list] = {(label, c): [] for label, _ in modes for c in clients}
+    try:
+        for srv in servers:
             srv.wait_ready()
             _load(srv.port, path, body, headers, 2, 30, 6)  # warm-up
+        ceiling = _Ceiling(bundle, one)
+        window = args.duration / args.rounds
+        for r in range(args.rounds):
+            ceiling.measure(min(window, 2.0))
             for c in clients:
-                r = _load(srv.port, path, body, headers, c, args.duration, args.requests)
-                rows.append((label, c, r))
-                print(f"{label:50s} {c:3d} clients: {r['rps']:6.1f} req/s  p50 {r['p50']:7.0f} ms  "
-                      f"p99 {r['p99']:7.0f} ms  ({r['n']} ok, {r['errors']} errors)", flush=True)
-        finally:
+                for (label, _), srv in zip(modes, servers):
+                    windows[(label, c)].append(
+                        _load(srv.port, path, body, headers, c, window, args.requests // args.rounds))
+            print(f"  round {r + 1}/{args.rounds} done", flush=True)
+    finally:
+        for srv in servers:
             srv.stop()
-    best = max(best, _print_ceiling(bundle, one, min(args.duration, 4.0), "after"))
-    print(f"\nceiling (best bare-tail figure above): {best:.1f} img/s; server throughput / ceiling:")
-    for label, c, r in rows:
-        print(f"  {label:50s} {c:3d} clients: {r['rps'] / best:5.0%}")
+    rates = ceiling.rates()
+    best_v = max(rates, key=rates.get)
+    best = rates[best_v]
+    print("\nbare onnxruntime tail (the ceiling): " + ", ".join(
+        f"{'all cores' if t is None else f'{t} thread'} batch {b}: {v:.1f}" for (t, b), v in rates.items())
+        + f" img/s; best {best:.1f}")
+    print(f"\n{'mode':50s} clients   req/s    p50 ms    p99 ms   ok  errors  of ceiling")
+    for label, _ in modes:
+        for c in clients:
+            r = _summary(windows[(label, c)])
+            print(f"{label:50s} {c:7d} {r['rps']:7.1f} {r['p50']:9.0f} {r['p99']:9.0f} {r['n']:5d} "
+                  f"{r['errors']:6d} {r['rps'] / best:9.0%}", flush=True)
     if not args.skip_heavy:
         _heavy(args.bundle, bundle, log_dir)
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
