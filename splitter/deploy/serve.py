@@ -107,6 +107,8 @@ class _Metrics:
         self.rejections = Counter("splitter_rejections", "Requests refused before inference, by reason "
                                   "(queue, samples, bytes: 503; body, samples_per_request: 413)",
                                   ["reason"], registry=r)
+        for reason in ("queue", "samples", "bytes", "body", "samples_per_request"):
+            self.rejections.labels(reason)  # exported at 0 from the start, for dashboards
         Gauge("splitter_queue_depth", "Requests waiting for the tail", registry=r) \
             .set_function(lambda: engine.batcher.queue_depth)
         inflight = Gauge("splitter_in_flight", "Admitted and unanswered: requests, samples, bytes",
