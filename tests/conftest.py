@@ -23,3 +23,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """A seeded random-weight timm ``test_resnet`` with 10 classes (the fit tests' teacher)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()

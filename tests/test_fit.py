@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import Subset
@@ -20,12 +19,6 @@ from splitter.train.data import digits, digits_split
 from splitter.train.fit import bottleneck_parts, fit
 
 SHAPE = (3, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")

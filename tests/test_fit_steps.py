@@ -7,7 +7,6 @@ import csv
 import math
 
 import pytest
-import timm
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -19,12 +18,6 @@ from splitter.train.stages import Stage, cosine_factor, optimizers, schedules, s
 
 SHAPE = (3, 16, 16)
 STAGES = [{"kind": "features", "steps": 3, "beta": 0.01}, {"kind": "kd", "steps": 2, "lr": 1e-3}]
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")
