@@ -24,6 +24,16 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["report"]["rows"][0]["method"] == "teacher"
+    # step 4: a measured sweep (plain rows and untrained entropy at every stage, then the
+    # full fits at layer1), BD figures beside the plot, and the planner's LoRa choice
+    import csv
+
+    rows = list(csv.DictReader(open(r.sweep_csv)))
+    assert rows and all(row["accuracy"] != "" and row["measured"] == "True" for row in rows)
+    assert {row["point"] for row in rows} >= {"input", "layer1", "output"}
+    assert r.plan.choice is not None and r.plan.choice.accuracy_drop <= 1.5
+    if r.bd:
+        assert (tmp_path / "out" / "rd.bd.csv").exists() and r.anchor in ("jpeg", "webp")
     # the teacher is cached after the first run
     assert list((tmp_path / "cache").glob("digits_test_resnet_*.safetensors"))
 

@@ -5,7 +5,9 @@
     digits (sklearn, 8×8) ─► train a small timm CNN teacher (cached) ─► sweep its split points
         ─► fit `entropy` at a few rates and `crbq` at the first stage (distillation)
         ─► measure: accuracy + real payload bytes  vs  the teacher on JPEG / WebP inputs
-        ─► table, R-D / ExR-D plot, bundle export, one payload through device and server
+        ─► measured sweep of every stage point (quick fits), every input codec, BD-rates
+        ─► the planner's choice for LoRa (drop ≤ 1.5 points)
+    ─► table, R-D / ExR-D plot, bundle export, one payload through device and server
 
 The teacher is ``test_resnet`` (timm; a 3-stage-stem ResNet of 0.4 M parameters) at
 3×16×16, trained from scratch on the 1,437 training digits and cached under
@@ -86,6 +88,11 @@ class DemoResult(BaseModel):
     criteria: list[Criterion]
     bundle: str | None = None
     plot: str | None = None
+    bundle_setting: str | None = None  # what the bundle holds
+    bd: list[Any] = []  # BDRow: every curve vs the best input codec
+    anchor: str | None = None
+    plan: Any = None  # splitter.explore.plan.Plan for a LoRa link, max drop 1.5 points
+    sweep_csv: str | None = None
 
 
 def cache_dir() -> Path:
@@ -199,6 +206,98 @@ def _plot(report, fitted: list[tuple[str, Any, Any]], teacher_acc: float, path: 
     return str(path)
 
 
+FULL_FIT = "step 2 fits"  # how the planner and BD tables name the layer1 fits of step 2
+
+
+def _measured_sweep(teacher, train, test, fitted, out: Path, *, quick: bool, seed: int,
+                    progress: bool, quiet: bool):
+    """Step 4: a measured sweep over the stage points, input codecs, BD-rates, LoRa plan.
+
+    Every stage point gets an entropy bottleneck fitted with the sweep's quick schedule
+    (``--quick``: untrained) at β = 0.004, plus the plain (untouched) rows. The full fits of
+    step 2 join the planner's candidates and the BD curves as measured rows at layer1
+    (their device time is the FLOP estimate: they are not exported one by one).
+    """
+    import splitter
+    from splitter.explore import bd
+    from splitter.explore.codecs import ALL_CODECS, QUALITIES, available
+    from splitter.explore.latency import LORA
+    from splitter.explore.plan import plan
+    from splitter.explore.sweep import _latency, _mark_pareto
+
+    codecs = ("jpeg", "webp") if quick else tuple(c for c in ALL_CODECS if available(c))
+    label = f"entropy:channels={ENTROPY_CHANNELS}"
+    t1 = time.time()
+    sw = splitter.sweep(teacher, "stages", [label], input_shape=INPUT_SIZE, data=(train, test),
+                        fit=None if quick else "quick", betas=[0.004], store=str(out / "sweep"),
+                        export=False, codecs=codecs, qualities=(5, 50, 90) if quick else QUALITIES,
+                        batch_size=BATCH_SIZE, seed=seed, link=LORA, progress=progress and not quiet)
+    template = next(r for r in sw.rows if r.point == CUT and r.config == label)
+    extra = []
+    for name, row, _ in fitted:
+        if not name.startswith("entropy"):
+            continue
+        r = template.model_copy(deep=True)
+        r.config = f"{label} ({FULL_FIT})"
+        r.beta = float(name.split("=", 1)[1])
+        r.fitted = r.measured = r.payload_measured = True
+        r.accuracy, r.payload_bytes = row.accuracy, row.bytes_mean
+        r.accuracy_drop = round(100 * (sw.teacher_accuracy - row.accuracy), 6)
+        r.bytes_p50 = r.bytes_p95 = r.bpp = r.device_ms = r.trial_id = r.bundle = None
+        r.latency_ms = _latency(r, sw.link, sw.device, sw.server)
+        extra.append(r)
+    sw.rows.extend(extra)
+    _mark_pareto(sw.rows)
+    sw.to_csv(str(out / "sweep.csv"))
+    from splitter.explore.measure import curves_of
+
+    curves = curves_of(sw.rows, sw.codecs)
+    for name, row, _ in fitted:  # crbq at two channel counts: one curve
+        if name.startswith("crbq"):
+            curves.setdefault(f"{CUT} crbq ({FULL_FIT})", []).append((row.bytes_mean, row.accuracy))
+    anchor = bd.best_codec(curves, codecs)
+    bd_rows = bd.compare(curves, anchor) if anchor else []
+    if bd_rows:
+        bd.to_csv(bd_rows, str(out / "rd.bd.csv"))
+        bd.to_json(bd_rows, str(out / "rd.bd.json"))
+    pl = plan(sw, max_drop=1.5, link=LORA)
+    if not quiet:
+        print(f"\nmeasured sweep over the stage points ({'untrained, --quick' if quick else 'quick fits'}, "
+              f"β=0.004) plus the full fits at {CUT} [{time.time() - t1:.0f} s]:")
+        print(sw.table())
+        if bd_rows:
+            print(f"\nBD vs the best input codec ({anchor}; codecs: {', '.join(codecs)}):")
+            print(sw.model_copy(update={"bd": bd_rows, "anchor": anchor}).bd_table())
+        print(f"\nplanner, LoRa ({LORA.bandwidth_mbps * 1e3:g} kbit/s + {LORA.rtt_ms:g} ms RTT), "
+              f"accuracy drop ≤ 1.5 points ({pl.candidates} candidates):")
+        print(pl.table())
+    return sw, bd_rows, anchor, pl
+
+
+def _planned_split(row, teacher, splits: dict, out: Path):
+    """``(setting, split)`` for the planner's choice: a full fit of step 2, or a sweep trial
+    rebuilt from its fit checkpoint; None when neither can be found."""
+    import splitter
+    from splitter.explore.sweep import BottleneckSpec
+    from splitter.train import checkpoint as ckpt
+
+    if row.trial_id is None and FULL_FIT in row.config:
+        hit = next((k for k in splits if k.startswith("entropy beta=") and
+                    float(k.split("=", 1)[1]) == row.beta), None)
+        return (hit, splits[hit]) if hit else None
+    found = list((out / "sweep" / "trials").glob(f"*-{row.trial_id}/fit/{ckpt.CHECKPOINT}"))
+    if not found:
+        return None
+    b = BottleneckSpec.of(row.config)
+    torch.manual_seed(0)
+    s = splitter.split(teacher, at=row.point, bottleneck=b.kind, mode=b.mode, input_shape=INPUT_SIZE,
+                       **b.options)
+    ckpt.load_split(s, str(found[0]))
+    s.eval()
+    name = f"{row.point} {row.config} beta={row.beta:g} (sweep trial {row.trial_id})"
+    return name, s
+
+
 def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | None = None,
              progress: bool = True, quiet: bool = False, export: bool = True,
              seed: int = 0) -> DemoResult:
@@ -279,13 +378,23 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
 
     plot = _plot(report, fitted, t_row.accuracy, out / "rd.png")
 
-    # 4. Export the smallest entropy split that meets the targets (else keeps the accuracy),
-    # and send one payload through it.
+    # 4. A measured sweep of every stage point (quick fits), every installed input codec,
+    # BD-rates against the best codec, and the planner's choice for a LoRa link.
+    sw_m, bd_rows, anchor, pl = _measured_sweep(teacher, train, test, fitted, out, quick=quick,
+                                                seed=seed, progress=progress, quiet=quiet)
+
+    # 5. Export the planner's choice when it is one of the full fits above (else the smallest
+    # entropy split that meets the targets), and send one payload through it.
     bundle_dir = None
     ok = [c for c in criteria if c.passed] or [c for c in criteria if c.within_accuracy] or criteria
     chosen = min(ok, key=lambda c: c.payload_bytes) if ok else None
-    if export and chosen is not None:
-        s = splits[chosen.setting]
+    setting = chosen.setting if chosen is not None else None
+    s = splits.get(setting) if setting else None
+    if pl is not None and pl.choice is not None and pl.choice.config != "plain":
+        planned = _planned_split(pl.choice, teacher, splits, out)
+        if planned is not None:
+            setting, s = planned
+    if export and s is not None:
         bundle_dir = str(out / "bundle")  # an older bundle there is replaced
         xs = torch.stack([test[i][0] for i in range(32)])
         splitter.export(s, bundle_dir, inputs=xs, overwrite=True)
@@ -293,11 +402,12 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
         x, y = test[0]
         payload = b.device().encode(x.unsqueeze(0))
         pred = int(b.server().decode(payload).argmax(-1)[0])
-        _say(f"\nbundle: {bundle_dir} ({chosen.setting}); one digit (label {y}) -> device -> "
+        _say(f"\nbundle: {bundle_dir} ({setting}); one digit (label {y}) -> device -> "
              f"{len(payload)} bytes -> server -> class {pred}", quiet)
 
     result = DemoResult(out_dir=str(out), seconds=round(time.time() - t0, 1), report=report,
-                        criteria=criteria, bundle=bundle_dir, plot=plot)
+                        criteria=criteria, bundle=bundle_dir, plot=plot, bundle_setting=setting,
+                        bd=bd_rows, anchor=anchor, plan=pl, sweep_csv=str(out / "sweep.csv"))
     (out / "results.json").write_text(result.model_dump_json(indent=2))
     if not quiet:
         print("\n" + report.table())
