@@ -16,7 +16,9 @@ quantization parameters written into the symbols themselves; for ``entropy`` a `
 Those nodes are integer arithmetic on floats: a QuantizeLinear/DequantizeLinear pair inside
 them would change the symbols' meaning (the parameter bytes crbq writes would no longer
 decode), so every node that feeds no weighted op (Conv, Gemm, MatMul) downstream, the
-*symbol tail*, is kept in fp32 through ``nodes_to_exclude``. ``keep_fp32`` can add the
+*symbol tail*, is kept in fp32 through ``nodes_to_exclude`` whenever the head's output is
+an integer tensor. A head that outputs float features (``identity``, a plain cut) has no
+exact tail: all of it is quantized, its last residual add included. ``keep_fp32`` can add the
 ``stem`` (the first weighted op(s)), the ``last`` weighted op(s) (the layer whose output
 the symbols are made from) and the ``depthwise`` convs (nine weights per channel, folded
 batch norm: the layers int8 weights hurt most, and the ones int8 kernels speed up least).
@@ -72,7 +74,8 @@ class Int8Report(BaseModel):
     n_calibration: int = Field(description="calibration images")
     n_eval: int = Field(description="images the parity below was measured on")
     eval_is_calibration: bool = Field(description="parity measured on the calibration images themselves")
-    fp32_nodes: list[str] = Field(description="nodes left in fp32 (the symbol tail and keep_fp32)")
+    fp32_nodes: list[str] = Field(description="nodes left in fp32 (the symbol tail of an integer "
+                                              "head, and keep_fp32)")
     keep_fp32: list[str]
     symbols_identical: float = Field(description="fraction of int8-head symbols equal to the fp32 head's")
     symbols_max_abs_diff: float
@@ -115,6 +118,15 @@ def symbol_tail(model) -> list[str]:
         body.add(n.name)
         stack.extend(prod[i] for i in n.input if i in prod)
     return [n.name for n in graph.node if n.name not in body]
+
+
+def _integer_output(model) -> bool:
+    """Whether the head's first output is an integer tensor (the symbols of a coder)."""
+    import onnx
+
+    elem = model.graph.output[0].type.tensor_type.elem_type
+    return elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                        onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def _first_and_last(model) -> tuple[list[str], list[str]]:
@@ -202,9 +214,9 @@ def _run(sess, x: np.ndarray) -> np.ndarray:
 
 
 def head_latency_ms(heads: dict[str, bytes], shape: Sequence[int], *, threads: int = 1,
-                    runs: int = 30, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per batch-1 call of each ONNX head, timed round-robin so that load
-    from other processes falls on all of them alike."""
+                    runs: int = 30, warmup: int = 3, stat: str = "median") -> dict[str, float]:
+    """Milliseconds per batch-1 call of each ONNX head (``stat``: ``median`` or ``min`` of
+    ``runs``), timed round-robin so that load from other processes falls on all alike."""
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     sessions = {k: _session(v, threads) for k, v in heads.items()}
     for s in sessions.values():
@@ -216,7 +228,8 @@ def head_latency_ms(heads: dict[str, bytes], shape: Sequence[int], *, threads: i
             t0 = time.perf_counter()
             _run(s, x)
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    pick = min if stat == "min" else statistics.median
+    return {k: pick(v) for k, v in times.items()}
 
 
 class _Reader:
@@ -305,7 +318,8 @@ def quantize_head(onnx_bytes: bytes, calibration: np.ndarray, *,
     stem, last = _first_and_last(model)
     keep = (stem if "stem" in keep_fp32 else []) + (last if "last" in keep_fp32 else []) + \
         (_depthwise(model) if "depthwise" in keep_fp32 else [])
-    exclude = symbol_tail(model) + list(dict.fromkeys(keep))
+    exact = _integer_output(model)  # float features (identity, plain) need no exact tail
+    exclude = (symbol_tail(model) if exact else []) + list(dict.fromkeys(keep))
     int8 = _quantize(onnx_bytes, calibration, exclude=exclude, method=method,
                      percentile=percentile, per_channel=per_channel,
                      reduce_range=reduce_range, activation=activation)
