@@ -158,10 +158,16 @@ def test_exporter_falls_back_and_records_why(tmp_path, monkeypatch):
     assert b.manifest.parity.passed
 
 
-def test_failed_export_writes_nothing(tmp_path):
+def test_failed_export_writes_nothing(tmp_path, monkeypatch):
+    """Every file is staged, then the check fails: no bundle, no staging directory remain."""
+    from splitter.deploy import device
+
+    def broken(*a, **k):
+        raise BundleError("the device coder cannot be built", file="device/coder.safetensors")
+
+    monkeypatch.setattr(device, "_coder_for", broken)
     s = splitter.split("test_resnet", at="layer2", bottleneck="crbq", channels=4, input_shape=(3, 32, 32))
-    s.bottleneck.kind = "not-a-kind"  # the manifest cannot rebuild it: the self-check must fail
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="device coder"):
         splitter.export(s, tmp_path / "b", exporter="torchscript", threads=1)
     assert os.listdir(tmp_path) == []  # no bundle, no staging directory left behind
 
