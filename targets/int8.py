@@ -32,7 +32,8 @@ held-out crops of the bundled photos, see tests/test_int8.py): the int8 *weights
 and 16-bit weights it reached 98.3%; the calibration method (min-max, percentile, entropy)
 moved it by at most one image in 60. Five of those 60 crops have a top-1/top-2 logit gap
 below 0.06, which any perturbation flips. Default: percentile (99.999, asymmetric), uint8
-activations, per-channel int8 weights, nothing but the symbol tail in fp32.
+activations, per-channel int8 weights, nothing but the symbol tail in fp32: 95.0% (57/60)
+for crbq and for the plain cut, weights exactly 1/4 of the fp32 bits.
 """
 
 from __future__ import annotations

@@ -222,12 +222,13 @@ def test_lite0_int8_weights_are_a_quarter_and_parity_holds_its_floor(lite0_repor
     rep = lite0_report
     assert rep.n_eval == 60 and not rep.eval_is_calibration
     assert rep.weight_bits_ratio == 0.25  # every weight tensor int8
-    assert rep.top1_agreement >= 0.90  # the floor measured here; the target is the test below
+    assert rep.top1_agreement >= 0.95  # measured here (57/60); the target is the test below
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="issue 12 target (>= 98% top-1 agreement) not met: "
-                   "measured 91.7-93.3% on these 60 crops (5 have top-1/top-2 logit gaps < 0.06); "
-                   "int8 weights cause it (16-bit weights with 8-bit activations: 98.3%)")
+                   "95.0% (57/60) for crbq and plain with the defaults; 5 of the 60 crops have "
+                   "top-1/top-2 logit gaps < 0.06. int8 weights cause it (16-bit weights with "
+                   "8-bit activations: 98.3%)")
 def test_lite0_int8_top1_agreement_meets_the_target(lite0_report):
     assert lite0_report.top1_agreement >= 0.98
