@@ -222,7 +222,8 @@ def test_lite0_int8_weights_are_a_quarter_and_parity_holds_its_floor(lite0_repor
     rep = lite0_report
     assert rep.n_eval == 60 and not rep.eval_is_calibration
     assert rep.weight_bits_ratio == 0.25  # every weight tensor int8
-    assert rep.top1_agreement >= 0.95  # measured here (57/60); the target is the test below
+    # measured here: 57/60; one image of slack for other CPUs' int8 kernels. Target: below.
+    assert rep.top1_agreement >= 56 / 60
 
 
 @pytest.mark.slow
