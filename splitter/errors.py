@@ -77,14 +77,14 @@ class CutError(SplitterError, ValueError):
 
 
 class InputError(SplitterError, ValueError):
-    """An input cannot be encoded as it is: wrong dtype or non-finite values."""
+    """An input cannot be encoded as it is (base of the two below)."""
 
 
 class InputShapeError(InputError):
     """An input does not have the shape the traced model expects."""
 
 
-class InputValueError(SplitterError, ValueError):
+class InputValueError(InputError):
     """An input has the right shape but a wrong dtype or non-finite values."""
 
 

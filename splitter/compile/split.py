@@ -23,7 +23,7 @@ from passes.cuts import CutPoint
 from passes.partition import partition
 from splitter.compile.trace import Graph, trace
 from splitter.deploy import payload
-from splitter.errors import CutError, InputError, PayloadError
+from splitter.errors import CutError, InputValueError, PayloadError
 
 __all__ = ["Split", "split"]
 
@@ -168,7 +168,7 @@ class Split(nn.Module):
 
 
 def check_values(x: torch.Tensor) -> None:
-    """Raise :class:`InputError` unless ``x`` is float32 with only finite values.
+    """Raise :class:`InputValueError` unless ``x`` is float32 with only finite values.
 
     Checked before any compute: a uint8 image would be coded as if it were normalised, and
     a NaN either passes through a quantizer silently or fails deep in the entropy coder.
@@ -177,11 +177,11 @@ def check_values(x: torch.Tensor) -> None:
         hint = ("scale and normalise it first (x.float() / 255, then the model's mean/std; "
                 "Device.preprocess does this for image files)" if not x.is_floating_point()
                 else "convert it with x.float()")
-        raise InputError(f"input dtype is {str(x.dtype).replace('torch.', '')}; the head takes "
+        raise InputValueError(f"input dtype is {str(x.dtype).replace('torch.', '')}; the head takes "
                          f"float32: {hint}")
     bad = int((~torch.isfinite(x)).sum())
     if bad:
-        raise InputError(f"input has {bad} non-finite value(s) (NaN or inf); clean or drop those "
+        raise InputValueError(f"input has {bad} non-finite value(s) (NaN or inf); clean or drop those "
                          f"samples before encoding")
 
 
