@@ -333,3 +333,11 @@ def test_commands_print_no_warnings_of_ours():
                         "import bottlenecks.entropy, bottlenecks.hyperprior"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_split_prints_no_unmeasured_payload(capsys):
+    rc = main(["split", "resnet18", "--input-size", "3,32,32", "--at", "layer1",
+               "--bottleneck", "entropy"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "payload: not measured" in out
+    assert "~" not in out and "B per sample" not in out

@@ -115,3 +115,14 @@ def test_samples_of_another_shape_are_a_typed_error(teacher):
 
     with pytest.raises(ConfigError, match="sample 0 is a dict.*\\(image, label\\)"):
         fit(_split(teacher), Bad(), stages=STAGES, progress=False)
+
+
+def test_unlabelled_image_folder_fits(teacher, train, tmp_path):
+    from splitter.train.data import image_folder
+
+    for i in range(8):
+        train.dataset.raw(train.indices[i]).save(tmp_path / f"img{i}.png")
+    data = image_folder(str(tmp_path), teacher, input_size=SHAPE)
+    assert len(data) == 8 and data[0][1] == -1 and data[0][0].shape == SHAPE
+    rep = fit(_split(teacher), data, teacher=teacher, stages=STAGES, batch_size=4, progress=False)
+    assert rep.labelled is False and rep.global_step == 5

@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if report.stopped_at is not None:
-        print(f"stopped at step {report.stopped_at}; continue with: splitter fit {args.config} --resume")
+        again = f"splitter fit {args.config} --resume" + (
+            f" --output-dir {cfg.output_dir}" if args.output_dir else "")
+        print(f"stopped at step {report.stopped_at}; the checkpoint is in {cfg.output_dir}; "
+              f"continue with: {again}")
         return 0
     print(f"fitted {cfg.bottleneck.kind} at {cfg.cut}: weights in "
           f"{os.path.join(cfg.output_dir, 'split.safetensors')}")

@@ -65,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         c = s.costs
         print(f"  encoder: {c.encoder_params:,} params, {c.encoder_mb:.3f} MB, {c.encoder_macs:,} MACs; "
-              f"tail: {c.tail_macs:,} MACs; payload ~{c.payload_bytes:,.0f} B per sample")
+              f"tail: {c.tail_macs:,} MACs")
+        if s.bottleneck is not None:  # a coded size is only ever shown measured
+            print("  payload: not measured here (it depends on the data and the fit); measure "
+                  "it with `splitter eval BUNDLE --data DATA` or `splitter sweep ... --data DATA`")
     except ImportError:
         pass
     if not args.out:

@@ -250,9 +250,13 @@ def holdout(data: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Datase
 
 # -- image folders ----------------------------------------------------------------------------
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
 def image_folder(root: str, model: nn.Module | str | None = None, *,
                  input_size: Sequence[int] | None = None) -> SourceImages:
-    """``root/<class>/<image>`` with ``model``'s preprocessing (timm data config).
+    """``root/<class>/<image>`` with ``model``'s preprocessing (timm data config); a folder
+    of images without class sub-folders gives unlabelled samples (label -1).
 
     ``model`` supplies the mean/std/interpolation/crop (``timm.data.resolve_data_config``);
     ``input_size`` overrides its input size.
@@ -263,7 +267,16 @@ def image_folder(root: str, model: nn.Module | str | None = None, *,
     if not os.path.isdir(root):
         raise SplitterError(f"image folder {root!r} does not exist; give a directory with one "
                             f"sub-folder of images per class, or 'digits'")
-    folder = ImageFolder(root)
+    if not any(e.is_dir() for e in os.scandir(root)):  # no classes: unlabelled images
+        paths = sorted(e.path for e in os.scandir(root)
+                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise SplitterError(f"image folder {root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                                f"and no class sub-folders")
+        targets, classes = [-1] * len(paths), []  # -1: no label; fit distils from the teacher
+    else:
+        folder = ImageFolder(root)
+        paths, targets, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
     if isinstance(model, str):
         from splitter.compile.trace import load_model
 
@@ -272,7 +285,7 @@ def image_folder(root: str, model: nn.Module | str | None = None, *,
     cfg = resolve_data_config(args, model=model) if model is not None else resolve_data_config(args)
     transform = create_transform(**cfg)
 
-    return SourceImages(_FolderImages([path for path, _ in folder.samples]), folder.targets, transform, folder.classes, name=root)
+    return SourceImages(_FolderImages(paths), targets, transform, classes, name=root)
 
 
 class _FolderImages:

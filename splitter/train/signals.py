@@ -39,7 +39,8 @@ def has_labels(data: Dataset) -> bool:
     """Whether ``data`` yields labels (checked on its first sample)."""
     if len(data) == 0:
         raise ConfigError("the training data is empty; pass a dataset with at least one sample")
-    return _sample(data[0], 0)[1] is not UNLABELLED
+    y = _sample(data[0], 0)[1]
+    return not (isinstance(y, int) and y == UNLABELLED)
 
 
 class Indexed(Dataset):
