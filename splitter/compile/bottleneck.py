@@ -42,8 +42,13 @@ def _probe_new_nodes(bn: Bottleneck, enc: fx.Node, dec: fx.Node) -> None:
         dec.meta["probe"] = tuple(int(d) for d in bn.decode(symbols).shape)
 
 
+def _single_tensor_cuts(graph: Graph) -> list[CutPoint]:
+    """Cuts inside the model where exactly one tensor crosses (where a bottleneck can go)."""
+    return [c for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
+
+
 def _single_tensor_names(graph: Graph) -> list[str]:
-    return [c.name for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
+    return [c.name for c in _single_tensor_cuts(graph)]
 
 
 def _check_cut(graph: Graph, cut: CutPoint) -> None:
@@ -51,8 +56,7 @@ def _check_cut(graph: Graph, cut: CutPoint) -> None:
         raise CutError(f"a bottleneck needs a cut inside the model, not {cut.name!r}; try one of "
                        f"{closest(cut.name, _single_tensor_names(graph), 5)}")
     if not cut.single:
-        singles = [c for c in graph.cut_points() if c.single and c.name not in ("input", "output")]
-        near = sorted(singles, key=lambda c: abs(c.index - cut.index))[:5]
+        near = sorted(_single_tensor_cuts(graph), key=lambda c: abs(c.index - cut.index))[:5]
         raise CutError(
             f"a bottleneck needs a single-tensor cut; {cut.name!r} sends {len(cut.tensors)} tensors "
             f"({', '.join(t.name for t in cut.tensors)}). The nearest single-tensor cuts are "
