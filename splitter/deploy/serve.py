@@ -234,54 +234,71 @@ def _top_k(req: oip.InferenceRequest) -> int:
     return k
 
 
-def create_app(bundle: Bundle | str | Path, options: ServeOptions | None = None, **overrides: Any):
-    """A FastAPI app serving ``bundle`` (a loaded :class:`Bundle` or its directory).
+def _v1_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    ``options`` (or keyword ``overrides`` of its fields): see :class:`ServeOptions`.
-    """
-    from splitter.deploy.server import Server
 
-    opts = (options or ServeOptions()).model_copy(update=overrides)
-    opts = ServeOptions.model_validate(opts.model_dump())
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    limits = payload.Limits(max_bytes=opts.max_bytes, max_batch=opts.max_payload_samples)
-    server = Server(bundle, limits=limits, threads=opts.threads, provider=opts.provider)
-    engine = _Engine(server, opts)
-    metrics = engine.metrics
-    m = bundle.manifest
-    name = opts.model_name or m.model
-    manifest_json = bundle.manifest.model_dump_json(indent=2)
-    outputs = _output_specs(server)
-    app = FastAPI(title=f"splitter: {m.model} tail after {m.cut.name}", version=VERSION)
-    app.state.engine = engine
-    app.router.on_shutdown.append(engine.batcher.close)
+def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def v1_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+class _Routes:
+    """The app's endpoints, as methods over one engine; :func:`create_app` mounts them."""
 
-    def check_model(model: str, version: str | None = None) -> None:
+    def __init__(self, bundle: Bundle, opts: ServeOptions):
+        from splitter.deploy.server import Server
+
+        limits = payload.Limits(max_bytes=opts.max_bytes, max_batch=opts.max_payload_samples)
+        self.server = Server(bundle, limits=limits, threads=opts.threads, provider=opts.provider)
+        self.engine = _Engine(self.server, opts)
+        self.metrics, self.opts, self.manifest = self.engine.metrics, opts, bundle.manifest
+        self.name = opts.model_name or self.manifest.model
+        self.outputs = _output_specs(self.server)
+
+    async def _answered(self, protocol: str, error, work) -> Any:
+        """Await ``work``; any failure becomes ``error(status, message, headers)`` in the
+        protocol's shape. Every request is counted by status and timed, whatever happens."""
+        t0 = time.perf_counter()
+        status = 200
+        try:
+            return await work
+        except _Fail as e:
+            status = e.status
+            return error(e.status, e.message, e.headers)
+        except oip.ProtocolError as e:
+            status = e.status
+            return error(e.status, str(e))
+        except SplitterError as e:  # e.g. a sample count a fixed-batch tail cannot take
+            status = 400
+            return error(400, str(e))
+        except Exception as e:  # noqa: BLE001 - still answered in the protocol's shape
+            status = 500
+            log.exception("inference failed")
+            return error(500, f"inference failed: {type(e).__name__}: {e}")
+        finally:
+            self.metrics.requests.labels(protocol, str(status)).inc()
+            self.metrics.latency.labels(protocol).observe(time.perf_counter() - t0)
+
+    def _check_model(self, model: str, version: str | None = None) -> None:
+        name = self.name
         if model != name:
             raise _Fail(404, f"unknown model {model!r}; this server serves {name!r} (GET /v2/models/{name})")
         if version is not None and version != VERSION:
             raise _Fail(404, f"model {name!r} has version {VERSION} only, not {version!r}")
 
     # ---- Open Inference Protocol v2 ----------------------------------------------------
-    @app.get("/v2/health/live")
-    def live() -> dict:
+    def live(self) -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready")
-    def ready():
-        if not engine.batcher.alive:
-            return v2_error(400, "the tail's worker has stopped; restart the server")
-        return {"ready": True}
+    def _stopped(self) -> JSONResponse | None:
+        if not self.engine.batcher.alive:
+            return _v2_error(400, "the tail's worker has stopped; restart the server")
+        return None
 
-    @app.get("/v2")
-    def server_metadata() -> dict:
+    def ready(self):
+        return self._stopped() or {"ready": True}
+
+    def server_metadata(self) -> dict:
         from importlib import metadata
 
         try:
@@ -291,130 +308,116 @@ def create_app(bundle: Bundle | str | Path, options: ServeOptions | None = None,
         return oip.ServerMetadata(name="splitter", version=version,
                                   extensions=["binary_tensor_data"]).model_dump()
 
-    def model_metadata(model: str, version: str | None = None):
+    def model_metadata(self, model: str, version: str | None = None):
         try:
-            check_model(model, version)
+            self._check_model(model, version)
         except _Fail as e:
-            return v2_error(e.status, e.message)
+            return _v2_error(e.status, e.message)
+        m = self.manifest
         return oip.ModelMetadata(
-            name=name, versions=[VERSION], platform="splitter_onnxruntime",
+            name=self.name, versions=[VERSION], platform="splitter_onnxruntime",
             inputs=[oip.MetadataTensor(name=INPUT, datatype="BYTES", shape=[-1])],
-            outputs=outputs,
-            parameters={"execution_provider": server.provider, "max_batch": engine.max_batch,
-                        "max_delay_ms": opts.max_delay_ms, "model": m.model, "cut": m.cut.name,
+            outputs=self.outputs,
+            parameters={"execution_provider": self.server.provider, "max_batch": self.engine.max_batch,
+                        "max_delay_ms": self.opts.max_delay_ms, "model": m.model, "cut": m.cut.name,
                         "bottleneck": m.bottleneck.kind, "symbols": m.symbols.shape,
                         "symbols_dtype": m.symbols.dtype, "pid": os.getpid()},
         ).model_dump()
 
-    def model_ready(model: str, version: str | None = None):
+    def model_ready(self, model: str, version: str | None = None):
         try:
-            check_model(model, version)
+            self._check_model(model, version)
         except _Fail as e:
-            return v2_error(e.status, e.message)
-        if not engine.batcher.alive:
-            return v2_error(400, "the tail's worker has stopped; restart the server")
-        return {"name": name, "ready": True}
+            return _v2_error(e.status, e.message)
+        return self._stopped() or {"name": self.name, "ready": True}
 
-    async def infer_v2(request: Request, model: str, version: str | None = None) -> Response:
-        t0 = time.perf_counter()
-        status = 200
-        try:
-            check_model(model, version)
-            body, ticket = await engine.read_body(request)
-            with ticket:
-                req, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
-                del body
-                inp = next((i for i in req.inputs if i.name == INPUT), None)
-                if inp is None or len(req.inputs) != 1:
-                    raise oip.ProtocolError(f"send one input named {INPUT!r} (BYTES), got "
-                                            f"{[i.name for i in req.inputs]}")
-                payloads = oip.bytes_elements(inp, binary.get(INPUT),
-                                              max_elements=opts.max_payload_samples)
-                k = _top_k(req) if server.classifier else 0
-                known = [o.name for o in outputs]
-                wanted = [o.name for o in req.outputs] if req.outputs else known
-                unknown = [w for w in wanted if w not in known]
-                if unknown:
-                    raise oip.ProtocolError(f"unknown outputs {unknown}; this model has {known}")
-                outs = await engine.infer(ticket, payloads)
-            tensors = _tensors(server, outs, wanted, k)
-            default_binary = bool((req.parameters or {}).get("binary_data_output", False))
-            binary_names = {o.name for o in (req.outputs or [])
-                            if (o.binary if o.binary is not None else default_binary)}
-            if not req.outputs and default_binary:
-                binary_names = set(wanted)
-            resp = oip.InferenceResponse(model_name=name, model_version=VERSION, id=req.id, outputs=[])
-            content, headers = oip.encode_response(resp, tensors, binary_names)
-            return Response(content, headers=headers)
-        except _Fail as e:
-            status = e.status
-            return v2_error(e.status, e.message, e.headers)
-        except oip.ProtocolError as e:
-            status = e.status
-            return v2_error(e.status, str(e))
-        except SplitterError as e:  # e.g. a sample count a fixed-batch tail cannot take
-            status = 400
-            return v2_error(400, str(e))
-        except Exception as e:  # noqa: BLE001 - still answered in the protocol's shape
-            status = 500
-            log.exception("inference failed")
-            return v2_error(500, f"inference failed: {type(e).__name__}: {e}")
-        finally:
-            metrics.requests.labels("v2", str(status)).inc()
-            metrics.latency.labels("v2").observe(time.perf_counter() - t0)
+    async def infer_v2(self, request: Request, model: str, version: str | None = None) -> Response:
+        return await self._answered("v2", _v2_error, self._infer_v2(request, model, version))
 
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        app.add_api_route(prefix, model_metadata, methods=["GET"])
-        app.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"])
-        app.add_api_route(f"{prefix}/infer", infer_v2, methods=["POST"])
+    async def _infer_v2(self, request: Request, model: str, version: str | None) -> Response:
+        self._check_model(model, version)
+        body, ticket = await self.engine.read_body(request)
+        with ticket:
+            req, binary = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
+            del body
+            inp = next((i for i in req.inputs if i.name == INPUT), None)
+            if inp is None or len(req.inputs) != 1:
+                raise oip.ProtocolError(f"send one input named {INPUT!r} (BYTES), got "
+                                        f"{[i.name for i in req.inputs]}")
+            payloads = oip.bytes_elements(inp, binary.get(INPUT), max_elements=self.opts.max_payload_samples)
+            k = _top_k(req) if self.server.classifier else 0
+            known = [o.name for o in self.outputs]
+            wanted = [o.name for o in req.outputs] if req.outputs else known
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise oip.ProtocolError(f"unknown outputs {unknown}; this model has {known}")
+            outs = await self.engine.infer(ticket, payloads)
+        tensors = _tensors(self.server, outs, wanted, k)
+        default_binary = bool((req.parameters or {}).get("binary_data_output", False))
+        binary_names = {o.name for o in (req.outputs or [])
+                        if (o.binary if o.binary is not None else default_binary)}
+        if not req.outputs and default_binary:
+            binary_names = set(wanted)
+        resp = oip.InferenceResponse(model_name=self.name, model_version=VERSION, id=req.id, outputs=[])
+        content, headers = oip.encode_response(resp, tensors, binary_names)
+        return Response(content, headers=headers)
 
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        data, ctype = metrics.render()
+    def prometheus(self) -> Response:
+        data, ctype = self.metrics.render()
         return Response(data, media_type=ctype)
 
     # ---- /v1: the earlier protocol, through the same budget and batcher ----------------
-    @app.get("/v1/health")
-    def health() -> dict:
+    def health(self) -> dict:
+        m = self.manifest
         return {"status": "ok", "model": m.model, "cut": m.cut.name, "bottleneck": m.bottleneck.kind}
 
-    @app.get("/v1/manifest")
-    def manifest() -> Response:
-        return Response(manifest_json, media_type="application/json")
+    def manifest_v1(self) -> Response:
+        return Response(self.manifest.model_dump_json(indent=2), media_type="application/json")
 
-    @app.post("/v1/infer")
-    async def infer(request: Request, k: int = Query(5, ge=1, le=MAX_K)):
-        t0 = time.perf_counter()
-        status = 200
-        try:
-            ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
-            if ctype != "application/octet-stream":
-                raise _Fail(415, f"send the payload as application/octet-stream, not {ctype}")
-            if not server.classifier:
-                raise _Fail(400, "this model has no single (B, classes) output; use POST "
-                                 f"/v2/models/{name}/infer for its outputs")
-            body, ticket = await engine.read_body(request)
-            with ticket:
-                if not body:
-                    raise _Fail(400, "empty body: POST the bytes Device.encode produced")
-                outs = await engine.infer(ticket, [body])
-            preds = server.predictions(outs[0], k)
-            return {"model": m.model, "cut": m.cut.name,
-                    "predictions": [[p.model_dump() for p in row] for row in preds]}
-        except _Fail as e:
-            status = e.status
-            return v1_error(e.status, e.message, e.headers)
-        except SplitterError as e:
-            status = 400
-            return v1_error(400, str(e))
-        except Exception as e:  # noqa: BLE001
-            status = 500
-            log.exception("inference failed")
-            return v1_error(500, f"inference failed: {type(e).__name__}: {e}")
-        finally:
-            metrics.requests.labels("v1", str(status)).inc()
-            metrics.latency.labels("v1").observe(time.perf_counter() - t0)
+    async def infer_v1(self, request: Request, k: int = Query(5, ge=1, le=MAX_K)):
+        return await self._answered("v1", _v1_error, self._infer_v1(request, k))
 
+    async def _infer_v1(self, request: Request, k: int) -> dict:
+        ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+        if ctype != "application/octet-stream":
+            raise _Fail(415, f"send the payload as application/octet-stream, not {ctype}")
+        if not self.server.classifier:
+            raise _Fail(400, "this model has no single (B, classes) output; use POST "
+                             f"/v2/models/{self.name}/infer for its outputs")
+        body, ticket = await self.engine.read_body(request)
+        with ticket:
+            if not body:
+                raise _Fail(400, "empty body: POST the bytes Device.encode produced")
+            outs = await self.engine.infer(ticket, [body])
+        preds = self.server.predictions(outs[0], k)
+        m = self.manifest
+        return {"model": m.model, "cut": m.cut.name,
+                "predictions": [[p.model_dump() for p in row] for row in preds]}
+
+
+def create_app(bundle: Bundle | str | Path, options: ServeOptions | None = None, **overrides: Any):
+    """A FastAPI app serving ``bundle`` (a loaded :class:`Bundle` or its directory).
+
+    ``options`` (or keyword ``overrides`` of its fields): see :class:`ServeOptions`.
+    """
+    opts = (options or ServeOptions()).model_copy(update=overrides)
+    opts = ServeOptions.model_validate(opts.model_dump())
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    routes = _Routes(bundle, opts)
+    m = bundle.manifest
+    app = FastAPI(title=f"splitter: {m.model} tail after {m.cut.name}", version=VERSION)
+    app.state.engine = routes.engine
+    app.router.on_shutdown.append(routes.engine.batcher.close)
+    get = [("/v2/health/live", routes.live), ("/v2/health/ready", routes.ready),
+           ("/v2", routes.server_metadata), ("/metrics", routes.prometheus),
+           ("/v1/health", routes.health), ("/v1/manifest", routes.manifest_v1)]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        get += [(prefix, routes.model_metadata), (f"{prefix}/ready", routes.model_ready)]
+        app.add_api_route(f"{prefix}/infer", routes.infer_v2, methods=["POST"])
+    for path, endpoint in get:
+        app.add_api_route(path, endpoint, methods=["GET"])
+    app.add_api_route("/v1/infer", routes.infer_v1, methods=["POST"])
     return app
 
 
