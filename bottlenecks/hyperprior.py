@@ -11,14 +11,16 @@
 
 ``encode`` stays a plain exportable encoder; the hyperprior runs in ``compress`` on the
 device and again in ``decompress`` on the server. Coding the integer residual against
-*rounded* means keeps the symbols integers that survive bit for bit. Both ends must get
-identical ``h_s`` outputs: they run it one sample at a time, on the same weights; across
-different hardware/BLAS builds a last-ulp difference in a scale or mean could still flip
-an index, so deploy both halves with the same torch on CPU.
+*rounded* means keeps the symbols integers that survive bit for bit. Both ends must derive
+identical table indexes and rounded means from ẑ: ``compress`` and ``decompress`` run
+h_a and h_s through :class:`splitter.deploy.coder.HyperCoder`, in exact integer arithmetic
+(weights rounded to 2**-16, activations to 2**-8), which gives the same integers on any
+machine and is the very code the torch-free device runtime runs on ``coder_state()``.
 
 Training: the decoder sees round(y) and h_s sees ẑ, both straight-through; the rate uses
 noisy likelihoods for y (given the means and scales) and for z. In eval mode the
-likelihoods are exactly the probabilities the coder uses (residual r under N(0, scale)).
+likelihoods are the coder's model up to the integer net's rounding (residual r under
+N(0, scale), float h_s).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bottlenecks._compressai import GaussianConditional
 from bottlenecks._layers import map_stride, upsample_to
 from bottlenecks.base import Bottleneck, BottleneckOutput, from_nchw, register, to_nchw
 from bottlenecks.entropy import FactorizedCodec
+from splitter.deploy import coder
 
 __all__ = ["MeanScaleHyperprior", "scale_table"]
 
@@ -87,18 +90,15 @@ class MeanScaleHyperprior(Bottleneck):
         scales, means = self.hyper_decoder(z_hat).chunk(2, dim=1)
         return scales, means
 
-    def _scale_indexes(self, scales: torch.Tensor) -> torch.Tensor:
-        # nearest table scale in log terms; CompressAI's build_indexes rounds every scale
-        # up, which costs ~1% of the rate with its 64-level table, this ~0.05%
-        t = self.gaussian_conditional.scale_table
-        return torch.bucketize(self.gaussian_conditional.lower_bound_scale(scales),
-                               (t[:-1] * t[1:]).sqrt()).to(torch.int32)
-
     def _rounded_means(self, means: torch.Tensor) -> torch.Tensor:
         return torch.round(means).clamp(-_rans.SYMBOL_LIMIT, _rans.SYMBOL_LIMIT)
 
-    def _gc_tables(self) -> _rans.Tables:
-        return _rans.Tables.of(self.gaussian_conditional)
+    def _hyper_coder(self) -> coder.HyperCoder:
+        """The integer h_a/h_s coder on this module's current weights (cheap: the tables are cached)."""
+        self.entropy_bottleneck.update()  # builds the z tables once if still empty; no-op after
+        state = {k: v.numpy() for k, v in self.coder_state().items()}
+        return coder.HyperCoder(state, _rans.Tables.of(self.entropy_bottleneck),
+                                _rans.Tables.of(self.gaussian_conditional))
 
     # -- the interface -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> BottleneckOutput:
@@ -126,33 +126,19 @@ class MeanScaleHyperprior(Bottleneck):
 
     @torch.no_grad()
     def compress(self, symbols: torch.Tensor) -> list[list[bytes]]:
+        """int (B, K, h, w) -> ``[[y string, z string]]`` per sample (see ``coder.HyperCoder``)."""
         check_symbols(symbols, self.latent, self.kind)
         if symbols.numel() and int(symbols.abs().max()) > _rans.SYMBOL_LIMIT:
             raise ValueError(f"hyperprior: symbols exceed ±{_rans.SYMBOL_LIMIT}; use encode()")
-        gc_tables, zc, out = self._gc_tables(), self.entropy_bottleneck, []
-        for s in symbols.cpu().to(torch.int32).contiguous():  # one sample at a time, as decompress does
-            z_sym = zc.symbols(self.hyper_encoder(s[None].float()))
-            scales, means = self._hyper(zc.values(z_sym))
-            idx = self._scale_indexes(scales)
-            r = s[None] - self._rounded_means(means).to(torch.int32)
-            out.append([_rans.encode(r, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT),
-                        zc.code(z_sym)[0]])
-        return out
+        hc = self._hyper_coder()
+        return [hc.encode(s) for s in symbols.cpu().to(torch.int64).numpy()]
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], spatial: tuple[int, ...]) -> torch.Tensor:
         strings = check_strings(strings, self.n_streams)
         check_spatial(spatial, self.latent)
-        gc_tables, zc, out = self._gc_tables(), self.entropy_bottleneck, []
-        for y_str, z_str in strings:
-            z_sym = zc.uncode([z_str])
-            scales, means = self._hyper(zc.values(z_sym))
-            idx = self._scale_indexes(scales)
-            r = _rans.decode(y_str, idx, gc_tables, limit=2 * _rans.SYMBOL_LIMIT).view(1, *self.latent)
-            y = r + self._rounded_means(means).to(torch.int32)
-            if int(y.abs().max()) > _rans.SYMBOL_LIMIT:
-                raise ValueError("hyperprior: decoded symbols out of range (corrupted string)")
-            out.append(y[0])
+        hc = self._hyper_coder()
+        out = [torch.from_numpy(hc.decode(y_str, z_str, self.latent)) for y_str, z_str in strings]
         return torch.stack(out)
 
     # -- what runs where -------------------------------------------------------------------------
@@ -172,6 +158,33 @@ class MeanScaleHyperprior(Bottleneck):
                     for n in ("_quantized_cdf", "_offset", "_cdf_length")})
         out["gaussian_conditional.scale_table"] = self.gaussian_conditional.scale_table
         return out
+
+    def coder_state(self) -> dict[str, torch.Tensor]:
+        """What the coder reads (the device's ``coder.safetensors``; see ``coder.HyperCoder``):
+        h_a and h_s layer by layer (weights, biases, a geometry row per conv, the LeakyReLU
+        slopes), the z medians and both entropy models' tables. No main encoder or decoder."""
+        out: dict[str, torch.Tensor] = {}
+        for name in ("hyper_encoder", "hyper_decoder"):
+            for i, m in enumerate(getattr(self, name)):
+                key = f"{name}.{i}"
+                if isinstance(m, nn.LeakyReLU):
+                    out[f"{key}.negative_slope"] = torch.tensor([m.negative_slope], dtype=torch.float64)
+                    continue
+                if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or m.groups != 1 or \
+                        tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or \
+                        isinstance(m.padding, str):
+                    raise TypeError(f"hyperprior: the integer coder runs Conv2d/ConvTranspose2d "
+                                    f"(groups 1, no dilation, zero padding) and LeakyReLU, not {m}")
+                t = isinstance(m, nn.ConvTranspose2d)
+                op = tuple(m.output_padding) if t else (0, 0)
+                out[f"{key}.weight"] = m.weight
+                if m.bias is not None:
+                    out[f"{key}.bias"] = m.bias
+                out[f"{key}.geometry"] = torch.tensor([int(t), *m.stride, *m.padding, *op],
+                                                      dtype=torch.int64)
+        out["entropy_bottleneck.medians"] = self._z_medians().reshape(-1)
+        out.update(self.table_tensors())
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def update(self) -> None:
         self.entropy_bottleneck.update(force=True)

@@ -96,8 +96,7 @@ def coder_info(bottleneck) -> CoderInfo:
     from splitter.deploy import coder, payload
 
     kind = bottleneck.kind
-    info = CoderInfo(format=coder.FORMAT, payload_version=payload.VERSION,
-                     needs_torch=kind == "hyperprior")
+    info = CoderInfo(format=coder.FORMAT, payload_version=payload.VERSION)
     if kind in ("jpeg", "webp"):
         info = info.model_copy(update={"image_size": list(bottleneck.image_size),
                                        "quality": int(bottleneck.quality)})

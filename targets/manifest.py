@@ -124,7 +124,8 @@ class CoderInfo(_Strict):
     image_size: list[int] | None = Field(None, description="jpeg/webp: (height, width) of the tiled image")
     quality: int | None = Field(None, description="jpeg/webp: codec quality")
     needs_torch: bool = Field(False, description="True when the device's coder runs torch layers "
-                                                 "(hyperprior: h_a and h_s)")
+                                                 "(no kind does since the hyperprior's h_a/h_s "
+                                                 "run in numpy; kept for older manifests)")
 
 
 class DeviceExportInfo(_Strict):

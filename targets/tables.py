@@ -11,9 +11,10 @@
 The server rebuilds the module for ``decompress``; its main encoder stays at its initial
 values (it runs inside ``head.onnx`` on the device, and the server never calls it). The
 device gets the entropy model's CDF tables (``entropy``), nothing (``identity``, ``crbq``,
-``jpeg``, ``webp``: their coder has no state), or for ``hyperprior`` the hyper-encoder and
--decoder and both entropy models, which its coder runs in torch; never the main encoder
-(inside ``head.onnx``) nor the decoder. safetensors is a JSON header and raw bytes: loading
+``jpeg``, ``webp``: their coder has no state), or for ``hyperprior`` its ``coder_state()``:
+the hyper-encoder and -decoder layer by layer, the z medians and both entropy models'
+tables, which its numpy coder (``splitter.deploy.coder.HyperCoder``) runs; never the main
+encoder (inside ``head.onnx``) nor the decoder. safetensors is a JSON header and raw bytes: loading
 runs no pickle. Importing this module loads no torch.
 """
 
@@ -75,13 +76,14 @@ def save_tables(bottleneck: torch.nn.Module, path: str | Path) -> None:
 _DEVICE_SIDE = {  # kind -> state_dict prefixes its device coder reads (none: stateless coder)
     "entropy": ("entropy_bottleneck._quantized_cdf", "entropy_bottleneck._offset",
                 "entropy_bottleneck._cdf_length"),
-    "hyperprior": ("hyper_encoder.", "hyper_decoder.", "entropy_bottleneck.",
-                   "gaussian_conditional."),
 }
 
 
 def device_state(bottleneck: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The part of ``bottleneck.state_dict()`` the device's coder needs (see the module doc)."""
+    """What the device's coder needs (see the module doc): the bottleneck's ``coder_state()``
+    where it has one (hyperprior), else a part of its ``state_dict()``."""
+    if hasattr(bottleneck, "coder_state"):
+        return {k: v.contiguous().clone() for k, v in bottleneck.coder_state().items()}
     prefixes = _DEVICE_SIDE.get(bottleneck.kind, ())
     return {k: v.detach().cpu().contiguous().clone() for k, v in bottleneck.state_dict().items()
             if k.startswith(prefixes)}

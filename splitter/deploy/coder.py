@@ -7,6 +7,9 @@
         n >  SMALL_STREAM : constriction's AnsCoder, one Categorical per table ──► 32-bit words (LE)
     decode: the same choice by n (both sides know it) ─► symbols ─► range check ─► re-encode == string
 
+    hyperprior (HyperCoder): symbols ─► h_a, h_s in exact integer arithmetic ─► z string
+                             (factorized tables) + y string (Gaussian tables by scale index)
+
 No torch: the device runtime imports this, and so does ``bottlenecks._rans`` (the torch
 face the bottleneck modules use), so the device and the server run the same code on the
 same tables and the bytes are identical by construction. A leaf like
@@ -35,6 +38,10 @@ Decoding is hardened for untrusted strings: lengths are checked against what ``n
 symbols can cost, escapes are bounded, decoded symbols are range-checked and must
 re-encode to the very string given, so any string either raises ``ValueError`` or decodes
 to in-range symbols whose encoding it is, in time O(n + len(string)).
+
+The hyperprior's coder (:class:`HyperCoder`) runs its small side network here too, in
+integers, so that the scale indexes both ends derive agree bit for bit on any machine (its
+docstring says how); the torch bottleneck calls it for ``compress`` and ``decompress``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from bisect import bisect_right
 import numpy as np
 
 __all__ = ["SYMBOL_LIMIT", "SMALL_STREAM", "FORMAT", "Tables", "encode", "decode",
-           "max_string_bytes"]
+           "max_string_bytes", "HYPER_FRAC", "HyperCoder"]
 
 SYMBOL_LIMIT = 2**15  # |latent symbol| bound: escapes then need <= 5 nibbles
 SMALL_STREAM = 4096  # streams of at most this many symbols use the byte-wise coder
@@ -310,3 +317,228 @@ def decode(string: bytes, indexes, tables: Tables, limit: int = SYMBOL_LIMIT) ->
     if _encode_checked(values, idx, tables) != string:
         raise ValueError("corrupted rANS string: it does not re-encode to itself")
     return values.astype(np.int32)
+
+
+# -- the hyperprior's side network (h_a, h_s), in exact integer arithmetic ---------------------
+HYPER_FRAC = 8  # activations are integers X standing for X / 2**8
+_WFRAC = 16  # weights, and the LeakyReLU slope, are integers W standing for W / 2**16
+_F64_EXACT = 2**50  # integer dot products below this are exact in float64 in any order (with margin)
+_I64_EXACT = 2**62
+
+
+def _fixed(a, frac: int) -> np.ndarray:
+    """``round(a * 2**frac)`` as int64: scaling by a power of two is exact, ``round`` is
+    half-to-even, so every IEEE machine gets the same integers from the same float32s."""
+    return np.round(np.asarray(a, dtype=np.float64) * float(2**frac)).astype(np.int64)
+
+
+def _shift(a: np.ndarray, k: int) -> np.ndarray:
+    """``floor(a / 2**k + 1/2)`` on int64 (an arithmetic shift): exact."""
+    return (a + (1 << (k - 1))) >> k if k else a
+
+
+def _dot(cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``cols (n, m) @ w.T`` for int64 ``w (o, m)``, exactly.
+
+    When ``max|cols| * max_o sum|w[o]|`` is below 2**50, every partial sum any BLAS can form
+    (any order, blocking or FMA) is an integer below 2**53, so float64 holds it exactly and
+    the fast path gives the true integer result; above, numpy's int64 matmul (exact, slower).
+    """
+    if cols.size == 0 or w.size == 0:
+        return np.zeros((cols.shape[0], w.shape[0]), dtype=np.int64)
+    bound = int(np.abs(cols).max()) * int(np.abs(w).sum(axis=1).max())
+    if bound < _F64_EXACT:
+        return (cols.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64)
+    if bound < _I64_EXACT:
+        return cols @ w.T
+    raise ValueError("hyperprior: the hyper network's activations overflow exact integer "
+                     "arithmetic (weights or latents far out of range); check the bottleneck")
+
+
+class _Conv:
+    """One ``Conv2d`` / ``ConvTranspose2d`` (groups 1, zero padding) on integer maps.
+
+    ``geometry``: (transposed, stride_h, stride_w, pad_h, pad_w, out_pad_h, out_pad_w). A
+    transposed conv runs as its equivalent: zeros between the inputs, padding ``k - 1 - p``
+    (plus the output padding after), the kernel flipped with its in/out channels swapped.
+    """
+
+    def __init__(self, weight, bias, geometry):
+        g = [int(v) for v in np.asarray(geometry).reshape(-1)]
+        if len(g) != 7 or min(g[1:3]) < 1 or min(g[3:]) < 0:
+            raise ValueError(f"bad conv geometry {g}")
+        self.transposed, self.stride, self.pad, self.out_pad = bool(g[0]), g[1:3], g[3:5], g[5:7]
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim != 4:
+            raise ValueError(f"conv weight of shape {w.shape} is not 4-d")
+        if self.transposed:
+            w = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        self.cout, self.cin, self.kh, self.kw = w.shape
+        if self.transposed and (self.pad[0] >= self.kh or self.pad[1] >= self.kw):
+            raise ValueError("transposed conv padding must be below its kernel size")
+        self.w = _fixed(w, _WFRAC).reshape(self.cout, -1)
+        b = np.zeros(self.cout) if bias is None else np.asarray(bias).reshape(-1)
+        if b.shape != (self.cout,):
+            raise ValueError(f"conv bias of shape {b.shape} does not fit {self.cout} outputs")
+        self.b = _fixed(b, HYPER_FRAC + _WFRAC)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        _, h, w = shape
+        hw = [(n - 1) * s - 2 * p + k + o if self.transposed else (n + 2 * p - k) // s + 1
+              for n, s, p, k, o in zip((h, w), self.stride, self.pad, (self.kh, self.kw), self.out_pad)]
+        return (self.cout, *hw)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] != self.cin:
+            raise ValueError(f"conv takes {self.cin} channels, got {x.shape[0]}")
+        (sh, sw), (ph, pw) = self.stride, self.pad
+        if self.transposed:
+            c, h, w = x.shape
+            up = np.zeros((c, (h - 1) * sh + 1, (w - 1) * sw + 1), dtype=np.int64)
+            up[:, ::sh, ::sw] = x
+            x, (sh, sw) = up, (1, 1)
+            qh, qw = self.kh - 1 - ph, self.kw - 1 - pw
+            pads = ((0, 0), (qh, qh + self.out_pad[0]), (qw, qw + self.out_pad[1]))
+        else:
+            pads = ((0, 0), (ph, ph), (pw, pw))
+        x = np.pad(x, pads)
+        win = np.lib.stride_tricks.sliding_window_view(x, (self.kh, self.kw), axis=(1, 2))
+        win = win[:, ::sh, ::sw]  # (C, Ho, Wo, kh, kw)
+        ho, wo = win.shape[1:3]
+        cols = win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, -1)
+        acc = _dot(cols, self.w) + self.b
+        return np.ascontiguousarray(_shift(acc, _WFRAC).T).reshape(self.cout, ho, wo)
+
+
+class _Leaky:
+    """``LeakyReLU``: negatives times the slope (an integer over 2**16), rounded."""
+
+    def __init__(self, slope):
+        self.slope = int(_fixed(np.asarray(slope).reshape(-1)[0], _WFRAC))
+
+    def out_shape(self, shape):
+        return shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.size and int(np.abs(x).max()) >= 2**46:
+            raise ValueError("hyperprior: the hyper network's activations overflow exact "
+                             "integer arithmetic; check the bottleneck")
+        return np.where(x < 0, _shift(x * self.slope, _WFRAC), x)
+
+
+def _layers(state: dict, prefix: str) -> list:
+    """``{prefix}.{i}.weight/bias/geometry`` (a conv) or ``{prefix}.{i}.negative_slope``, i = 0, 1, ..."""
+    out = []
+    while True:
+        key = f"{prefix}.{len(out)}"
+        if f"{key}.geometry" in state:
+            out.append(_Conv(state[f"{key}.weight"], state.get(f"{key}.bias"), state[f"{key}.geometry"]))
+        elif f"{key}.negative_slope" in state:
+            out.append(_Leaky(state[f"{key}.negative_slope"]))
+        else:
+            break
+    if not out:
+        raise KeyError(f"{prefix}.0.geometry")
+    return out
+
+
+def _run_layers(layers: list, x: np.ndarray) -> np.ndarray:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class HyperCoder:
+    """The mean-scale hyperprior's coder: symbols ``(K, h, w)`` <-> ``[y string, z string]``.
+
+    ::
+
+        s ─► h_a ─► z ─► ẑ = round(z − median) ─► factorized tables (one per channel) ─► z string
+                         ẑ + median ─► h_s ─► scales, means
+        r = s − round(means) ─► Gaussian tables, index = nearest table scale ─► y string
+
+    **Why exact.** The decoder must derive the same table index and rounded mean for every
+    symbol from ``ẑ`` as the encoder did, or the y string decodes to wrong symbols. Float
+    h_s on two machines (or in torch and onnxruntime) can differ in the last bit, and a
+    scale or mean that lands on a table boundary or a half-integer then flips: about one
+    symbol in a million. So ``h_a`` and ``h_s`` run here in integers: weights are
+    ``round(w * 2**16)``, activations integers over ``2**HYPER_FRAC``, each layer's
+    accumulator is requantised with an exact shift, LeakyReLU multiplies by an integer
+    slope; the scale index is a comparison of integers with ``floor(boundary * 2**8)``.
+    Integer sums are order-free, and the float64 matmul used for speed is exact below
+    2**53 (checked per layer, int64 otherwise: :func:`_dot`), so every machine, BLAS and
+    thread count gets the same integers. The torch bottleneck (``bottlenecks.hyperprior``)
+    calls this very class for ``compress`` and ``decompress``, so the device (numpy only),
+    the in-process split and the server write and read identical bytes by construction.
+    The integer net is the trained float net up to weight rounding (2**-16) and activation
+    rounding (2**-8): it picks the same table scale as float h_s for nearly every symbol;
+    where it does not, only the rate moves, never the symbols.
+
+    ``state``: numpy arrays, as ``MeanScaleHyperprior.coder_state()`` writes them (the
+    device's ``coder.safetensors``): ``hyper_encoder.*`` / ``hyper_decoder.*`` layers,
+    ``entropy_bottleneck.medians`` and both entropy models' tables (``entropy_bottleneck.*``
+    for z, ``gaussian_conditional.*`` plus its ``scale_table`` for y). ``z_tables`` /
+    ``y_tables``: already-built :class:`Tables` of the same arrays, to skip rebuilding them.
+    """
+
+    def __init__(self, state: dict, z_tables: Tables | None = None, y_tables: Tables | None = None):
+        self.h_a = _layers(state, "hyper_encoder")
+        self.h_s = _layers(state, "hyper_decoder")
+        self.medians = _fixed(np.asarray(state["entropy_bottleneck.medians"]).reshape(-1, 1, 1), HYPER_FRAC)
+        self.z_tables = z_tables or Tables(*(state[f"entropy_bottleneck.{n}"]
+                                             for n in ("_quantized_cdf", "_cdf_length", "_offset")))
+        self.y_tables = y_tables or Tables(*(state[f"gaussian_conditional.{n}"]
+                                             for n in ("_quantized_cdf", "_cdf_length", "_offset")))
+        t = np.asarray(state["gaussian_conditional.scale_table"], dtype=np.float64).reshape(-1)
+        if len(t) != len(self.y_tables) or len(t) < 2 or not (t[1:] > t[:-1]).all():
+            raise ValueError(f"scale table of {len(t)} scales does not fit {len(self.y_tables)} "
+                             f"Gaussian coder tables (or is not ascending)")
+        # index = how many boundaries (geometric means of neighbours) lie below the scale
+        self.thresholds = np.floor(np.sqrt(t[:-1] * t[1:]) * float(2**HYPER_FRAC)).astype(np.int64)
+        if len(self.medians) != len(self.z_tables) or self.h_a[0].cin * 2 != self.h_s[-1].cout:
+            raise ValueError("hyperprior coder state does not fit together (z medians, z tables, "
+                             "h_a input and h_s output channels)")
+
+    def z_shape(self, latent: tuple[int, ...]) -> tuple[int, int, int]:
+        shape = tuple(latent)
+        for layer in self.h_a:
+            shape = layer.out_shape(shape)
+        return shape
+
+    def z_symbols(self, s: np.ndarray) -> np.ndarray:
+        """Symbols (K, h, w) -> ẑ (N, h', w') int64, ``round(h_a(s) − median)``, saturated."""
+        z = _run_layers(self.h_a, np.asarray(s, dtype=np.int64) << HYPER_FRAC)
+        return np.clip(_shift(z - self.medians, HYPER_FRAC), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+
+    def params(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ẑ -> (table index, rounded mean), each (K, h, w) int64, from h_s(ẑ + median)."""
+        out = _run_layers(self.h_s, (np.asarray(z_sym, dtype=np.int64) << HYPER_FRAC) + self.medians)
+        scales, means = np.split(out, 2, axis=0)
+        idx = np.searchsorted(self.thresholds, scales, side="left")
+        return idx, np.clip(_shift(means, HYPER_FRAC), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+
+    def _z_indexes(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.broadcast_to(np.arange(shape[0]).reshape(-1, 1, 1), shape).reshape(-1)
+
+    def encode(self, s: np.ndarray) -> list[bytes]:
+        """One sample's symbols (K, h, w) -> ``[y string, z string]``."""
+        s = np.asarray(s, dtype=np.int64)
+        if s.ndim != 3 or s.shape[0] != self.h_a[0].cin:
+            raise ValueError(f"hyperprior symbols must be ({self.h_a[0].cin}, h, w), got {s.shape}")
+        if s.size and int(np.abs(s).max()) > SYMBOL_LIMIT:
+            raise ValueError(f"hyperprior: symbols exceed ±{SYMBOL_LIMIT}; use encode()")
+        z_sym = self.z_symbols(s)
+        idx, means = self.params(z_sym)
+        return [encode(s - means, idx, self.y_tables, limit=2 * SYMBOL_LIMIT),
+                encode(z_sym, self._z_indexes(z_sym.shape), self.z_tables)]
+
+    def decode(self, y_string: bytes, z_string: bytes, latent: tuple[int, ...]) -> np.ndarray:
+        """Inverse of :meth:`encode` for a latent of shape ``latent``; ``ValueError`` if malformed."""
+        zs = self.z_shape(latent)
+        z_sym = decode(z_string, self._z_indexes(zs), self.z_tables).reshape(zs)
+        idx, means = self.params(z_sym)
+        r = decode(y_string, idx, self.y_tables, limit=2 * SYMBOL_LIMIT).reshape(tuple(latent))
+        y = r + means
+        if y.size and int(np.abs(y).max()) > SYMBOL_LIMIT:
+            raise ValueError("hyperprior: decoded symbols out of range (corrupted string)")
+        return y.astype(np.int32)

@@ -8,8 +8,9 @@
 Imports numpy, onnxruntime, Pillow, safetensors' numpy loader and constriction, never torch:
 ``pip install sc2-splitter`` (no extras) is enough to run it. Its coder writes the very bytes
 the torch bottleneck's ``compress`` writes (the export's parity check compares them on
-every export). One exception: a ``hyperprior`` bundle's coder runs the hyper-encoder and
--decoder (``h_a``, ``h_s``) in torch, so its device still needs torch (the compiler extra).
+every export). A ``hyperprior`` bundle's coder runs its hyper-encoder and -decoder
+(``h_a``, ``h_s``) in numpy integer arithmetic (``coder.HyperCoder``, the code the torch
+bottleneck's ``compress`` and ``decompress`` run too), so no kind needs torch.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _coder_for(m: DeviceManifest, data: bytes, prefix: str):
     if kind in ("jpeg", "webp"):
         return _image_coder(kind, m.coder.image_size, m.coder.quality, name)
     if kind == "hyperprior":
-        return _torch_coder(m, data, name)
+        return _hyper_coder(m, state, name)
     raise BundleError(f"the device runtime has no coder for bottleneck kind {kind!r}; is this "
                       f"splitter older than the one that exported the bundle?", file=name)
 
@@ -191,31 +192,19 @@ def _image_coder(kind: str, size: list[int] | None, quality: int | None, name: s
     return compress
 
 
-def _torch_coder(m: DeviceManifest, data: bytes, name: str):
-    """hyperprior: its coder runs h_a and h_s, torch layers, on the device."""
+def _hyper_coder(m: DeviceManifest, state: dict, name: str):
+    """hyperprior: h_a, h_s and both entropy models in numpy (see ``coder.HyperCoder``)."""
+    if len(m.symbols.shape) != 3:
+        raise BundleError(f"a hyperprior's symbols are (K, h, w), not {m.symbols.shape}; export "
+                          f"the bundle again", file=name)
     try:
-        import torch
-        from safetensors.torch import load
-
-        import bottlenecks
-    except ImportError as e:
-        raise BundleError("a hyperprior device bundle still needs torch: its coder runs the "
-                          "hyper-encoder and -decoder (h_a, h_s) in torch. Install the compiler "
-                          "extra (pip install 'sc2-splitter[compiler]'), or export with "
-                          "bottleneck='entropy' for a torch-free device", file=name) from e
-    spec = m.bottleneck
-    bn = bottlenecks.create(spec.kind, **spec.create_args())
-    missing, unexpected = bn.load_state_dict(load(data), strict=False)
-    # the main encoder is inside head.onnx and the decoder stays on the server
-    needed = [k for k in missing if not k.startswith(("encoder.", "decoder."))]
-    if needed or unexpected:
-        raise BundleError(f"{name} does not fit the hyperprior the manifest describes (missing "
-                          f"{needed[:3]}, unexpected {list(unexpected)[:3]}); export it again",
-                          file=name)
-    bn.eval()
-
-    def compress(s: np.ndarray) -> list[list[bytes]]:
-        with torch.no_grad():
-            return bn.compress(torch.from_numpy(np.ascontiguousarray(s)))
-
-    return compress
+        hc = coder.HyperCoder(state)
+        hc.z_shape(tuple(m.symbols.shape))
+        if hc.h_a[0].cin != m.symbols.shape[0]:
+            raise ValueError(f"h_a takes {hc.h_a[0].cin} channels, the symbols have "
+                             f"{m.symbols.shape[0]}")
+    except (KeyError, ValueError) as e:
+        raise BundleError(f"{name} does not hold the hyperprior's integer coder state ({e}); "
+                          f"bundles written before the torch-free hyperprior coder must be "
+                          f"exported again", file=name) from e
+    return lambda s: [hc.encode(row) for row in s]
