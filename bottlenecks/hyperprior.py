@@ -95,7 +95,6 @@ class MeanScaleHyperprior(Bottleneck):
 
     def _hyper_coder(self) -> coder.HyperCoder:
         """The integer h_a/h_s coder on this module's current weights (cheap: the tables are cached)."""
-        self.entropy_bottleneck.update()  # builds the z tables once if still empty; no-op after
         state = {k: v.numpy() for k, v in self.coder_state().items()}
         return coder.HyperCoder(state, _rans.Tables.of(self.entropy_bottleneck),
                                 _rans.Tables.of(self.gaussian_conditional))
@@ -163,6 +162,7 @@ class MeanScaleHyperprior(Bottleneck):
         """What the coder reads (the device's ``coder.safetensors``; see ``coder.HyperCoder``):
         h_a and h_s layer by layer (weights, biases, a geometry row per conv, the LeakyReLU
         slopes), the z medians and both entropy models' tables. No main encoder or decoder."""
+        self.entropy_bottleneck.update()  # builds the z tables once if still empty; no-op after
         out: dict[str, torch.Tensor] = {}
         for name in ("hyper_encoder", "hyper_decoder"):
             for i, m in enumerate(getattr(self, name)):
