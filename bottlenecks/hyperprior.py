@@ -14,7 +14,7 @@ device and again in ``decompress`` on the server. Coding the integer residual ag
 *rounded* means keeps the symbols integers that survive bit for bit. Both ends must derive
 identical table indexes and rounded means from ẑ: ``compress`` and ``decompress`` run
 h_a and h_s through :class:`splitter.deploy.coder.HyperCoder`, in exact integer arithmetic
-(weights rounded to 2**-16, activations to 2**-8), which gives the same integers on any
+(weights rounded to 2**-20, activations to 2**-16), which gives the same integers on any
 machine and is the very code the torch-free device runtime runs on ``coder_state()``.
 
 Training: the decoder sees round(y) and h_s sees ẑ, both straight-through; the rate uses

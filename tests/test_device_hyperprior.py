@@ -70,10 +70,10 @@ def _latents(bn, n: int, seed: int) -> torch.Tensor:
 # -- the integer side network -----------------------------------------------------------------
 def _torch_reference(hc: coder.HyperCoder, layers, x: np.ndarray) -> np.ndarray:
     """The integer net again, with torch's own float64 conv kernels (another summation order)."""
-    t = torch.from_numpy(x).to(torch.float64)[None]
+    t, one, half = torch.from_numpy(x).to(torch.float64)[None], 2**coder._WFRAC, 2**(coder._WFRAC - 1)
     for layer in layers:
         if isinstance(layer, coder._Leaky):
-            t = torch.where(t < 0, torch.floor((t * layer.slope + 2**15) / 2**16), t)
+            t = torch.where(t < 0, torch.floor((t * layer.slope + half) / one), t)
             continue
         w = torch.from_numpy(layer.w).to(torch.float64).view(layer.cout, layer.cin, layer.kh, layer.kw)
         if layer.transposed:  # back to ConvTranspose2d's (in, out, kh, kw), unflipped
@@ -82,7 +82,7 @@ def _torch_reference(hc: coder.HyperCoder, layers, x: np.ndarray) -> np.ndarray:
         else:
             acc = F.conv2d(t, w, stride=layer.stride, padding=layer.pad)
         acc = acc + torch.from_numpy(layer.b).to(torch.float64).view(1, -1, 1, 1)
-        t = torch.floor((acc + 2**15) / 2**16)  # exact: integers below 2**53
+        t = torch.floor((acc + half) / one)  # exact: integers below 2**53
     return t[0].to(torch.int64).numpy()
 
 
@@ -122,7 +122,7 @@ def test_integer_hyper_net_tracks_the_trained_float_net(case):
             same_idx += int((torch.from_numpy(idx) == fidx).sum())
             same_mean += int((torch.from_numpy(means) == torch.round(fmeans[0])).sum())
             total += idx.size
-    assert same_z / total_z >= 0.99 and same_idx / total >= 0.99 and same_mean / total >= 0.99
+    assert same_z / total_z >= 0.999 and same_idx / total >= 0.999 and same_mean / total >= 0.999
 
 
 # -- device coder == torch compress, on many latents --------------------------------------------

@@ -320,8 +320,8 @@ def decode(string: bytes, indexes, tables: Tables, limit: int = SYMBOL_LIMIT) ->
 
 
 # -- the hyperprior's side network (h_a, h_s), in exact integer arithmetic ---------------------
-HYPER_FRAC = 8  # activations are integers X standing for X / 2**8
-_WFRAC = 16  # weights, and the LeakyReLU slope, are integers W standing for W / 2**16
+HYPER_FRAC = 16  # activations are integers X standing for X / 2**16
+_WFRAC = 20  # weights, and the LeakyReLU slope, are integers W standing for W / 2**20
 _F64_EXACT = 2**50  # integer dot products below this are exact in float64 in any order (with margin)
 _I64_EXACT = 2**62
 
@@ -411,7 +411,7 @@ class _Conv:
 
 
 class _Leaky:
-    """``LeakyReLU``: negatives times the slope (an integer over 2**16), rounded."""
+    """``LeakyReLU``: negatives times the slope (an integer over 2**20), rounded."""
 
     def __init__(self, slope):
         self.slope = int(_fixed(np.asarray(slope).reshape(-1)[0], _WFRAC))
@@ -420,7 +420,7 @@ class _Leaky:
         return shape
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.size and int(np.abs(x).max()) >= 2**46:
+        if x.size and int(np.abs(x).max()) * abs(self.slope) >= _I64_EXACT:
             raise ValueError("hyperprior: the hyper network's activations overflow exact "
                              "integer arithmetic; check the bottleneck")
         return np.where(x < 0, _shift(x * self.slope, _WFRAC), x)
@@ -462,16 +462,16 @@ class HyperCoder:
     h_s on two machines (or in torch and onnxruntime) can differ in the last bit, and a
     scale or mean that lands on a table boundary or a half-integer then flips: about one
     symbol in a million. So ``h_a`` and ``h_s`` run here in integers: weights are
-    ``round(w * 2**16)``, activations integers over ``2**HYPER_FRAC``, each layer's
+    ``round(w * 2**20)``, activations integers over ``2**HYPER_FRAC`` (2**16), each layer's
     accumulator is requantised with an exact shift, LeakyReLU multiplies by an integer
-    slope; the scale index is a comparison of integers with ``floor(boundary * 2**8)``.
+    slope; the scale index is a comparison of integers with ``floor(boundary * 2**16)``.
     Integer sums are order-free, and the float64 matmul used for speed is exact below
     2**53 (checked per layer, int64 otherwise: :func:`_dot`), so every machine, BLAS and
     thread count gets the same integers. The torch bottleneck (``bottlenecks.hyperprior``)
     calls this very class for ``compress`` and ``decompress``, so the device (numpy only),
     the in-process split and the server write and read identical bytes by construction.
-    The integer net is the trained float net up to weight rounding (2**-16) and activation
-    rounding (2**-8): it picks the same table scale as float h_s for nearly every symbol;
+    The integer net is the trained float net up to weight rounding (2**-20) and activation
+    rounding (2**-16): it picks the same table scale as float h_s for nearly every symbol;
     where it does not, only the rate moves, never the symbols.
 
     ``state``: numpy arrays, as ``MeanScaleHyperprior.coder_state()`` writes them (the
