@@ -9,7 +9,8 @@
                   equal the expected bytes, and torch & co must be neither installed nor imported
 
 The bundles: an Entropic Student at ``layer1`` of timm's ``test_resnet`` (64x64 input, a
-6,144-symbol latent: the long-stream coder) and a ``crbq`` split (raw 8-bit bytes). Random
+6,144-symbol latent: the long-stream coder), a ``crbq`` split (raw 8-bit bytes) and a
+``hyperprior`` at ``layer1`` (its integer h_a/h_s in numpy, two short streams). Random
 weights; what is checked is bytes, not accuracy.
 """
 
@@ -25,6 +26,8 @@ BUNDLES = {
                     channels=24, input_shape=(3, 64, 64)),
     "crbq": dict(model="test_resnet", at="layer2", bottleneck="crbq", channels=4,
                  input_shape=(3, 64, 64)),
+    "hyperprior": dict(model="test_resnet", at="layer1", bottleneck="hyperprior", channels=8,
+                       input_shape=(3, 64, 64)),
 }
 
 
