@@ -3,7 +3,8 @@
 ::
 
     image (B, C, H, W) ─► check (shape, dtype, finite) ─► head.onnx (onnxruntime) ─► symbols
-    ─► coder (per kind, numpy: coder.py rANS/ANS, raw bytes, Pillow JPEG/WebP) ─► payload.pack ─► bytes
+    ─► coder (per kind, numpy: coder.py rANS/ANS, hyperprior's integer h_a/h_s, raw bytes,
+       Pillow JPEG/WebP) ─► payload.pack ─► bytes
 
 Imports numpy, onnxruntime, Pillow, safetensors' numpy loader and constriction, never torch:
 ``pip install sc2-splitter`` (no extras) is enough to run it. Its coder writes the very bytes
