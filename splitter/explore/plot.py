@@ -9,7 +9,13 @@
     │ colour = accuracy / tail  │ best split marked              │
     └───────────────────────────┴────────────────────────────────┘
 
-Pareto-optimal rows of each view are ringed and labelled with their point name.
+Pareto-optimal rows of each view are ringed and labelled with their point name. With
+measured accuracy the R-D and ExR-D views are curves: one line per (point, bottleneck) over
+its β, coloured by the point's depth, marked by bottleneck; each input codec's quality sweep
+is a dashed line in R-D and sits at encoder size 0 in ExR-D (nothing runs a DNN on the
+device); the teacher's accuracy is a dotted line. One legend for the whole figure, outside
+the axes. Codec points far below every split's accuracy are left off the y range, and the
+view says how many.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from splitter.explore.sweep import pareto_mask
+from splitter.explore.sweep import PLAIN, pareto_mask
 
 if TYPE_CHECKING:
     from splitter.explore.sweep import SweepResult, SweepRow
@@ -32,15 +38,111 @@ def _label(r: SweepRow) -> str:
     return r.point if r.config == "plain" else f"{r.point} [{r.config}{beta}]"
 
 
-def _codec_lines(ax, result: SweepResult) -> None:
-    """Each input codec's measured accuracy-vs-bytes points, as dashed lines."""
-    by: dict[str, list] = {}
+_CODEC_STYLE = {"jpeg": ("tab:red", "s"), "webp": ("tab:orange", "o"), "avif": ("tab:brown", "v"),
+                "heif": ("tab:pink", "P"), "jxl": ("tab:gray", "X")}
+
+
+def _codec_curves(result: SweepResult) -> dict[str, list[tuple[float, float]]]:
+    by: dict[str, list[tuple[float, float]]] = {}
     for c in result.codecs:
         by.setdefault(c.method, []).append((c.bytes_mean, c.accuracy))
-    for k, (name, pts) in enumerate(by.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, marker=".", ms=4, alpha=0.8,
-                color=f"C{(k + 5) % 10}", label=f"{name.upper()} input → teacher", zorder=2)
+    return {name: sorted(pts) for name, pts in by.items()}
+
+
+def _codec_style(k: int, name: str) -> tuple[str, str]:
+    return _CODEC_STYLE.get(name, (f"C{(k + 5) % 10}", "."))
+
+
+def _codec_lines(ax, result: SweepResult, at_x: float | None = None, y_min: float | None = None) -> int:
+    """Each input codec's measured accuracy-vs-bytes points as a dashed line; with ``at_x``,
+    as points at that x (ExR-D: no DNN encoder). Points under ``y_min`` are left off;
+    returns how many."""
+    hidden = 0
+    for k, (name, pts) in enumerate(_codec_curves(result).items()):
+        color, marker = _codec_style(k, name)
+        shown = [p for p in pts if y_min is None or p[1] >= y_min]
+        hidden += len(pts) - len(shown)
+        xs = [p[0] if at_x is None else at_x for p in shown]
+        ax.plot(xs, [p[1] for p in shown], ls="--" if at_x is None else "none", lw=1, marker=marker,
+                ms=4, mfc="none", alpha=0.85, color=color, zorder=2)
+    return hidden
+
+
+def _point_colors(rows: list[SweepRow]) -> dict[str, tuple]:
+    """One colour per split point, by depth (execution order): dark early, light late."""
+    from matplotlib import colormaps
+
+    order = [p for _, p in sorted({(r.cut_index, r.point) for r in rows})]
+    cmap = colormaps["viridis"]
+    return {p: cmap(0.88 * k / max(len(order) - 1, 1)) for k, p in enumerate(order)}
+
+
+def _curve_lines(ax, rows: list[SweepRow], xs: list[float], ys: list[float], colors: dict) -> None:
+    """One line per (point, bottleneck config) through its rows (its β), in x order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.config != PLAIN:
+            groups.setdefault((r.point, r.config), []).append(i)
+    for (point, _), idx in groups.items():
+        if len(idx) > 1:
+            idx.sort(key=lambda i: xs[i])
+            ax.plot([xs[i] for i in idx], [ys[i] for i in idx], "-", lw=1.1, color=colors[point],
+                    alpha=0.9, zorder=2.5)
+
+
+def _acc_floor(rows: list[SweepRow], teacher: float | None) -> float | None:
+    """The lower y limit of an accuracy view: a little under the lowest split's accuracy
+    (input codecs at their lowest qualities can fall far below every split)."""
+    accs = [r.accuracy for r in rows if r.accuracy is not None]
+    if teacher is not None:
+        accs.append(teacher)
+    if not accs:
+        return None
+    lo, hi = min(accs), max(accs)
+    return max(0.0, lo - max(0.1 * (hi - lo), 0.01))
+
+
+def _accuracy_view(ax, result: SweepResult, rows: list[SweepRow], xs: list[float], configs: list[str],
+                   colors: dict, codecs_at: str | None) -> None:
+    """R-D or ExR-D with accuracy on y: curves per (point, config), Pareto rings, the
+    teacher, and the input codecs (``codecs_at``: "curves", "zero" or None)."""
+    ys = [r.accuracy for r in rows]
+    front = pareto_mask([(x, -y) for x, y in zip(xs, ys)])
+    drawn, _ = _scatter(ax, rows, xs, ys, front, configs, point_colors=colors)
+    _curve_lines(ax, rows, drawn, ys, colors)
+    floor = _acc_floor(rows, result.teacher_accuracy)
+    hidden = 0
+    if result.codecs and codecs_at == "curves":
+        hidden = _codec_lines(ax, result, y_min=floor)
+    elif result.codecs and codecs_at == "zero":
+        zero = _zero_floor([r.encoder_bits * r.payload_bytes for r in rows] + [0.0])
+        hidden = _codec_lines(ax, result, at_x=zero, y_min=floor)
+    if result.teacher_accuracy is not None:
+        ax.axhline(result.teacher_accuracy, color="black", lw=0.8, ls=":", zorder=1)
+    if floor is not None:
+        ax.set_ylim(bottom=floor)
+    if hidden:
+        ax.text(0.99, 0.01, f"{hidden} codec point{'s' if hidden > 1 else ''} below {floor:.2f} not drawn",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgray")
+
+
+def _legend(fig, result: SweepResult, configs: list[str], colors: dict, has_acc: bool) -> None:
+    """One legend for the figure: points (colour), bottlenecks (marker), codecs, teacher."""
+    from matplotlib.lines import Line2D
+
+    h = [Line2D([], [], color=c, lw=2, label=p) for p, c in colors.items()]
+    h += [Line2D([], [], color="dimgray", marker=_MARKERS[k % len(_MARKERS)], ls="none", label=cfg)
+          for k, cfg in enumerate(configs)]
+    for k, name in enumerate(_codec_curves(result)):
+        color, marker = _codec_style(k, name)
+        h.append(Line2D([], [], color=color, marker=marker, mfc="none", ls="--",
+                        label=f"{name.upper()} input → teacher"))
+    if has_acc and result.teacher_accuracy is not None:
+        h.append(Line2D([], [], color="black", ls=":", lw=0.8,
+                        label=f"teacher ({100 * result.teacher_accuracy:.2f} %)"))
+    h.append(Line2D([], [], marker="o", ms=10, mfc="none", mec="crimson", ls="none", label="Pareto-optimal"))
+    fig.legend(handles=h, loc="center right", fontsize=8, frameon=False,
+               title="colour: split point · marker: bottleneck", title_fontsize=8)
 
 
 def _zero_floor(values: list[float]) -> float | None:
@@ -69,14 +171,26 @@ def _log_axis(ax, axis: str, values: list[float]) -> list[float]:
 
 
 def _scatter(ax, rows: list[SweepRow], xs: list[float], ys: list[float], front: list[bool],
-             configs: list[str], colors=None, cmap=None):
+             configs: list[str], colors=None, cmap=None, point_colors: dict | None = None):
+    """Rows as markers (one per config), Pareto rows ringed and labelled. Returns ``(the x
+    values drawn (zeros moved to the log axis' floor), the last scatter)``. ``colors`` +
+    ``cmap``: a colour scale per row; ``point_colors``: a colour per split point."""
     xs = _log_axis(ax, "x", xs)
     sc = None
+    scale = {}
+    if colors is not None:  # one colour scale for every config's markers
+        finite = [c for c in colors if c == c]
+        scale = dict(vmin=min(finite), vmax=max(finite)) if finite else {}
     for k, cfg in enumerate(configs):
         idx = [i for i, r in enumerate(rows) if r.config == cfg]
         if not idx:
             continue
-        kw = dict(c=[colors[i] for i in idx], cmap=cmap) if colors is not None else {}
+        if colors is not None:
+            kw = dict(c=[colors[i] for i in idx], cmap=cmap, **scale)
+        elif point_colors is not None:
+            kw = dict(color=[point_colors[rows[i].point] for i in idx])
+        else:
+            kw = {}
         sc = ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], marker=_MARKERS[k % len(_MARKERS)],
                         s=28, label=cfg, zorder=3, **kw)
     on = [i for i, f in enumerate(front) if f]
@@ -87,7 +201,7 @@ def _scatter(ax, rows: list[SweepRow], xs: list[float], ys: list[float], front: 
         ax.set_yscale("log")
     _annotate(ax, [(xs[i], ys[i], _label(rows[i])) for i in on], xs, ys, log_y)
     ax.grid(True, which="major", alpha=0.3)
-    return sc
+    return xs, sc
 
 
 def _annotate(ax, points: list[tuple[float, float, str]], xs: list[float], ys: list[float],
@@ -118,7 +232,9 @@ def _annotate(ax, points: list[tuple[float, float, str]], xs: list[float], ys: l
                     ha="right" if right else "left", fontsize=7, color="crimson", zorder=5)
 
 
-def plot_sweep(result: SweepResult, path: str) -> None:
+def plot_sweep(result: SweepResult, path: str, *, title: str | None = None) -> None:
+    """Draw the four views of ``result`` into ``path`` (PNG); ``title`` replaces the default
+    heading (model, shape, link, machines)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -128,41 +244,41 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     configs = list(dict.fromkeys(r.config for r in rows))
     acc_rows = [r for r in rows if r.accuracy is not None]
     has_acc = bool(acc_rows)
+    colors = _point_colors(rows)
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9.5))
     (rd, exrd), (three, lat) = axes
-    fig.suptitle(f"{result.model} {tuple(result.input_shape)}: {len(rows)} splits, "
-                 f"link {result.link.name} {result.link.bandwidth_mbps:g} Mbit/s + {result.link.rtt_ms:g} ms RTT, "
-                 f"device {result.device.gflops:g} / server {result.server.gflops:g} GFLOP/s", fontsize=11)
+    fig.suptitle(title or (
+        f"{result.model} {tuple(result.input_shape)}: {len(rows)} splits, "
+        f"link {result.link.name} {result.link.bandwidth_mbps:g} Mbit/s + {result.link.rtt_ms:g} ms RTT, "
+        f"device {result.device.gflops:g} / server {result.server.gflops:g} GFLOP/s"), fontsize=11)
 
     # Supervised R-D: rate on x; accuracy (↑) or, without it, encoder size (↓) on y.
     if has_acc:
-        r_ = acc_rows
-        xs = [r.payload_bytes for r in r_]
-        ys = [r.accuracy for r in r_]
-        front = pareto_mask([(x, -y) for x, y in zip(xs, ys)])
-        _scatter(rd, r_, xs, ys, front, configs)
-        if result.codecs:
-            _codec_lines(rd, result)
-        measured = " (measured)" if any(getattr(r, "measured", False) for r in r_) else ""
+        _accuracy_view(rd, result, acc_rows, [r.payload_bytes for r in acc_rows], configs, colors, "curves")
+        measured = " (measured)" if any(getattr(r, "measured", False) for r in acc_rows) else ""
         rd.set(xlabel=f"payload bytes / sample{measured}", ylabel="accuracy", title="supervised R-D")
     else:
         xs = [r.encoder_bits for r in rows]
         ys = [r.payload_bytes for r in rows]
         front = pareto_mask(list(zip(xs, ys)))
-        _scatter(rd, rows, xs, ys, front, configs)
+        _scatter(rd, rows, xs, ys, front, configs, point_colors=colors)
         rd.set(xlabel="encoder size (bits)", ylabel="payload bytes / sample (raw cut when unmeasured)",
                title="R-D without accuracy: payload vs encoder size")
-    rd.legend(fontsize=7, loc="best")
 
     # ExR-D: encoder size × rate on x.
-    r_ = acc_rows if has_acc else rows
-    xs = [r.encoder_bits * r.payload_bytes for r in r_]
-    ys = [r.accuracy if has_acc else r.payload_bytes for r in r_]
-    front = pareto_mask([(x, -y if has_acc else y) for x, y in zip(xs, ys)])
-    _scatter(exrd, r_, xs, ys, front, configs)
-    exrd.set(xlabel="encoder bits × payload bytes", ylabel="accuracy" if has_acc else "payload bytes / sample",
-             title="ExR-D (encoder size × rate)")
+    if has_acc:
+        _accuracy_view(exrd, result, acc_rows, [r.encoder_bits * r.payload_bytes for r in acc_rows], configs,
+                       colors, "zero")
+        exrd.set(xlabel="encoder bits × payload bytes (input codecs: no encoder, at 0)", ylabel="accuracy",
+                 title="ExR-D (encoder size × rate)")
+    else:
+        xs = [r.encoder_bits * r.payload_bytes for r in rows]
+        ys = [r.payload_bytes for r in rows]
+        front = pareto_mask(list(zip(xs, ys)))
+        _scatter(exrd, rows, xs, ys, front, configs, point_colors=colors)
+        exrd.set(xlabel="encoder bits × payload bytes", ylabel="payload bytes / sample",
+                 title="ExR-D (encoder size × rate)")
 
     # Three-way: encoder size vs payload, coloured by accuracy or the server's work.
     xs = [r.encoder_bits / 8e6 for r in rows]
@@ -174,7 +290,7 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     third = [-(r.accuracy if r.accuracy is not None else float("-inf")) for r in rows] if has_acc \
         else [0.0] * len(rows)
     front = pareto_mask(list(zip(xs, ys, third)))
-    sc = _scatter(three, rows, xs, ys, front, configs, colors=colour, cmap="viridis")
+    _, sc = _scatter(three, rows, xs, ys, front, configs, colors=colour, cmap="viridis")
     if sc is not None:
         fig.colorbar(sc, ax=three, label="accuracy" if has_acc else "tail GMACs (server)")
     three.set(xlabel="encoder size (MB, tables excluded)", ylabel="payload bytes / sample",
@@ -184,10 +300,16 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     best = result.best
     order = sorted({(r.cut_index, r.point) for r in rows})
     at = {idx: k for k, (idx, _) in enumerate(order)}  # evenly spaced, in execution order
-    for k, cfg in enumerate(configs):
-        rs = sorted((r for r in rows if r.config == cfg), key=lambda r: r.cut_index)
-        lat.plot([at[r.cut_index] for r in rs], [r.latency_ms for r in rs], marker=_MARKERS[k % len(_MARKERS)],
-                 ms=4, lw=1, label=cfg)
+    for k, cfg in enumerate(configs):  # a line through each config's fastest row per point
+        rs = [r for r in rows if r.config == cfg]
+        fastest = {}
+        for r in sorted(rs, key=lambda r: -r.latency_ms):
+            fastest[r.cut_index] = r
+        line = [fastest[i] for i in sorted(fastest)]
+        lat.plot([at[r.cut_index] for r in line], [r.latency_ms for r in line], lw=1, color="dimgray",
+                 alpha=0.6, zorder=2)
+        lat.scatter([at[r.cut_index] for r in rs], [r.latency_ms for r in rs], marker=_MARKERS[k % len(_MARKERS)],
+                    s=22, color=[colors[r.point] for r in rs], zorder=3)
     lat.scatter([at[best.cut_index]], [best.latency_ms], s=180, marker="*", color="crimson", zorder=5,
                 label=f"best: {_label(best)} ({best.latency_ms:,.1f} ms)")
     step = max(1, math.ceil(len(order) / 16))  # at most ~16 tick labels stay readable
@@ -196,10 +318,11 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     if max(r.latency_ms for r in rows) / max(min(r.latency_ms for r in rows), 1e-9) > 20:
         lat.set_yscale("log")
     lat.set(xlabel="split point (execution order)", ylabel="predicted latency (ms)",
-            title="Neurosurgeon latency: device + link + server")
+            title=f"Neurosurgeon latency over {result.link.name}: device + link + server")
     lat.grid(True, alpha=0.3)
     lat.legend(fontsize=7, loc="best")
 
-    fig.tight_layout()
+    _legend(fig, result, configs, colors, has_acc)
+    fig.tight_layout(rect=(0, 0, 0.8, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
