@@ -37,7 +37,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["report"]["rows"][0]["method"] == "teacher"
-    assert set(saved["times"]) >= {"teacher", "layer1 fits + input codecs", "bundle + one payload"}
+    assert set(saved["times"]) >= {"teacher", "layer1 full fits", "bundle + one payload"}
     # the measured sweep: every stage point plain, entropy and crbq; layer1's entropy at each
     # of its rates (the full fits the targets are judged on), the others at the sweep's rate;
     # each (point, bottleneck, β) once, every row measured

@@ -9,7 +9,7 @@
              every other stage point: `entropy` at two rates and `crbq`, quick fits
              every point plain (the raw cut)
            each trial measured on the held-out digits: accuracy + real payload bytes
-        ─► the teacher on JPEG / WebP / AVIF / HEIF / JPEG XL inputs (same digits)
+           meanwhile, in a thread: the teacher on JPEG / WebP / AVIF / HEIF / JPEG XL inputs
         ─► BD-rates vs the best input codec; the three targets per layer1 rate
         ─► the planner's choice for LoRa (drop ≤ 1.5 points) ─► its bundle ─► one payload
            through device and server
@@ -52,7 +52,7 @@ CRBQ_CHANNELS = 8
 ENTROPY = f"entropy:channels={ENTROPY_CHANNELS}"
 CRBQ = f"crbq:channels={CRBQ_CHANNELS}"
 BATCH_SIZE = 16  # 1,437 training digits: small batches give the entropy model more steps
-JOBS = 2  # trials run in this many processes (the 2-core machine the demo is timed on)
+JOBS = 2  # default: trials run in this many processes (the 2-core machine the demo is timed on)
 
 
 def full_stages(quick: bool = False) -> list[dict[str, Any]]:
@@ -170,39 +170,53 @@ def digits_teacher(*, cache: Path | None = None, epochs: int = 15, seed: int = 0
 
 
 def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, progress: bool,
-                    quiet: bool, times: dict[str, float]):
+                    quiet: bool, jobs: int, times: dict[str, float]):
     """Steps 2-4: the sweep's trials, the input codecs and the merged, measured sweep.
 
     Two calls of :func:`splitter.sweep` share one trial store: ``layer1`` with the full
-    schedule (entropy at :data:`ENTROPY_RATES`, crbq; the input codecs measured once here),
-    then the other stage points with the quick schedule (entropy at :data:`SWEEP_RATES`,
-    crbq). Plain rows come from both; one of each is kept. ``quick`` (the smoke test): a few
-    steps at layer1, untrained bottlenecks elsewhere, JPEG and WebP at three qualities, one
-    process.
+    schedule (entropy at :data:`ENTROPY_RATES`, crbq), then the other stage points with the
+    quick schedule (entropy at :data:`SWEEP_RATES`, crbq). Plain rows come from both; one of
+    each is kept. Trials run in ``jobs`` processes; meanwhile a thread of this process
+    measures the teacher on the input codecs (the same held-out digits), which would
+    otherwise run alone on one core after the trials. ``quick`` (the smoke test): a few steps
+    at layer1, untrained bottlenecks elsewhere, JPEG and WebP at three qualities, one process.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import splitter
-    from splitter.explore.codecs import ALL_CODECS, QUALITIES, available
+    from splitter.explore.codecs import ALL_CODECS, QUALITIES, available, codec_curves
     from splitter.explore.latency import LORA
     from splitter.explore.sweep import _mark_pareto
 
     codecs = ("jpeg", "webp") if quick else tuple(c for c in ALL_CODECS if available(c))
     common = dict(input_shape=INPUT_SIZE, data=(train, test), store=str(out / "sweep"), export=False,
-                  batch_size=BATCH_SIZE, seed=seed, link=LORA, jobs=1 if quick else JOBS,
+                  batch_size=BATCH_SIZE, seed=seed, link=LORA, jobs=1 if quick else jobs, codecs=(),
                   progress=progress and not quiet)
-    t1 = time.time()
-    full = splitter.sweep(teacher, [CUT], [ENTROPY, CRBQ], fit="full", betas=list(ENTROPY_RATES),
-                          schedules={"full": full_stages(quick)}, codecs=codecs,
-                          qualities=(5, 50, 90) if quick else QUALITIES, **common)
-    times["layer1 fits + input codecs"] = time.time() - t1
-    for r in full.rows:
-        if r.config != "plain":
-            _say(f"{CUT} {r.label}: {100 * r.accuracy:.2f} %, {r.payload_bytes:.1f} bytes/sample "
-                 f"(measured payloads, header included)", quiet)
-    t1 = time.time()
-    others = [p for p in _stage_points(teacher) if p != CUT]
-    rest = splitter.sweep(teacher, others, [ENTROPY, CRBQ], fit=None if quick else "quick",
-                          betas=[SWEEP_RATES[0]] if quick else list(SWEEP_RATES), codecs=(), **common)
-    times["sweep of the other stage points"] = time.time() - t1
+
+    def measure_codecs():
+        t = time.time()
+        points = codec_curves(teacher, test, codecs=codecs, qualities=(5, 50, 90) if quick else QUALITIES)
+        times["input codecs (a thread, beside the fits)"] = time.time() - t
+        return points
+
+    with ThreadPoolExecutor(1) as pool:
+        measuring = pool.submit(measure_codecs)
+        t1 = time.time()
+        full = splitter.sweep(teacher, [CUT], [ENTROPY, CRBQ], fit="full", betas=list(ENTROPY_RATES),
+                              schedules={"full": full_stages(quick)}, **common)
+        times["layer1 full fits"] = time.time() - t1
+        for r in full.rows:
+            if r.config != "plain":
+                _say(f"{CUT} {r.label}: {100 * r.accuracy:.2f} %, {r.payload_bytes:.1f} bytes/sample "
+                     f"(measured payloads, header included)", quiet)
+        t1 = time.time()
+        others = [p for p in _stage_points(teacher) if p != CUT]
+        rest = splitter.sweep(teacher, others, [ENTROPY, CRBQ], fit=None if quick else "quick",
+                              betas=[SWEEP_RATES[0]] if quick else list(SWEEP_RATES), **common)
+        times["quick fits at the other stage points"] = time.time() - t1
+        t1 = time.time()
+        codec_points = measuring.result()
+        times["waiting for the input codecs"] = time.time() - t1
     seen, rows = set(), []
     for r in sorted(full.rows + rest.rows, key=lambda r: (r.cut_index, r.config != "plain", r.config,
                                                          r.beta or 0.0)):
@@ -210,7 +224,7 @@ def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, 
             seen.add((r.point, r.config, r.beta))
             rows.append(r)
     _mark_pareto(rows)
-    sw = full.model_copy(update=dict(rows=rows, skipped=full.skipped + rest.skipped,
+    sw = full.model_copy(update=dict(rows=rows, skipped=full.skipped + rest.skipped, codecs=codec_points,
                                      fit=f"{CUT} full, other points {rest.fit}"))
     return sw, codecs
 
@@ -305,7 +319,7 @@ def _report(sw, t_row, test) -> tuple[Any, list[Criterion]]:
 
 def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | None = None,
              progress: bool = True, quiet: bool = False, export: bool = True,
-             seed: int = 0) -> DemoResult:
+             seed: int = 0, jobs: int = JOBS) -> DemoResult:
     """Run the demo; writes ``results.json``, ``sweep.csv``, ``rd.png`` (+ ``rd.bd.csv``)
     and ``bundle/`` under ``out_dir``."""
     import splitter
@@ -338,9 +352,9 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
 
     # 2-4. The measured sweep: full fits at layer1, quick fits elsewhere, input codecs.
     _say(f"\nmeasured sweep: {CUT} full fits ({ENTROPY} β={', '.join(map(str, ENTROPY_RATES))}; "
-         f"{CRBQ}), quick fits at the other stage points, {1 if quick else JOBS} process(es) ...", quiet)
+         f"{CRBQ}), quick fits at the other stage points, {1 if quick else jobs} process(es) ...", quiet)
     sw, codecs = _measured_sweep(teacher, train, test, out, quick=quick, seed=seed, progress=progress,
-                                 quiet=quiet, times=times)
+                                 quiet=quiet, jobs=jobs, times=times)
     sw.to_csv(str(out / "sweep.csv"))
     report, criteria = _report(sw, t_row, test)
     t1 = time.time()

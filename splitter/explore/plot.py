@@ -142,7 +142,7 @@ def _legend(fig, result: SweepResult, configs: list[str], colors: dict, has_acc:
                         label=f"teacher ({100 * result.teacher_accuracy:.2f} %)"))
     h.append(Line2D([], [], marker="o", ms=10, mfc="none", mec="crimson", ls="none", label="Pareto-optimal"))
     fig.legend(handles=h, loc="center right", fontsize=8, frameon=False,
-               title="colour: split point · marker: bottleneck", title_fontsize=8)
+               title="colour: split point\nmarker: bottleneck", title_fontsize=8)
 
 
 def _zero_floor(values: list[float]) -> float | None:
@@ -323,6 +323,6 @@ def plot_sweep(result: SweepResult, path: str, *, title: str | None = None) -> N
     lat.legend(fontsize=7, loc="best")
 
     _legend(fig, result, configs, colors, has_acc)
-    fig.tight_layout(rect=(0, 0, 0.8, 0.97))
+    fig.tight_layout(rect=(0, 0, 0.85, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
