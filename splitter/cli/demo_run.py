@@ -176,12 +176,15 @@ def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, 
     Two calls of :func:`splitter.sweep` share one trial store: ``layer1`` with the full
     schedule (entropy at :data:`ENTROPY_RATES`, crbq), then the other stage points with the
     quick schedule (entropy at :data:`SWEEP_RATES`, crbq). Plain rows come from both; one of
-    each is kept. Trials run in ``jobs`` processes; meanwhile a thread of this process
-    measures the teacher on the input codecs (the same held-out digits), which would
-    otherwise run alone on one core after the trials. ``quick`` (the smoke test): a few steps
-    at layer1, untrained bottlenecks elsewhere, JPEG and WebP at three qualities, one process.
+    each is kept. Trials run in ``jobs`` processes; meanwhile one more process measures the
+    teacher on the input codecs (the same held-out digits), which would otherwise run alone
+    on one core after the trials (a process, not a thread: torch.fx tracing in the sweep
+    patches ``nn.Module.__call__`` for the whole process). ``quick`` (the smoke test): a few
+    steps at layer1, untrained bottlenecks elsewhere, JPEG and WebP at three qualities, one
+    process for the trials.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
     import splitter
     from splitter.explore.codecs import ALL_CODECS, QUALITIES, available, codec_curves
@@ -192,15 +195,13 @@ def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, 
     common = dict(input_shape=INPUT_SIZE, data=(train, test), store=str(out / "sweep"), export=False,
                   batch_size=BATCH_SIZE, seed=seed, link=LORA, jobs=1 if quick else jobs, codecs=(),
                   progress=progress and not quiet)
-
-    def measure_codecs():
-        t = time.time()
-        points = codec_curves(teacher, test, codecs=codecs, qualities=(5, 50, 90) if quick else QUALITIES)
-        times["input codecs (a thread, beside the fits)"] = time.time() - t
-        return points
-
-    with ThreadPoolExecutor(1) as pool:
-        measuring = pool.submit(measure_codecs)
+    t_codecs = time.time()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        measuring = pool.submit(codec_curves, teacher, test, codecs=codecs,
+                                qualities=(5, 50, 90) if quick else QUALITIES)
+        measuring.add_done_callback(lambda _: times.__setitem__("input codecs (a process beside the fits)",
+                                                                time.time() - t_codecs))
         t1 = time.time()
         full = splitter.sweep(teacher, [CUT], [ENTROPY, CRBQ], fit="full", betas=list(ENTROPY_RATES),
                               schedules={"full": full_stages(quick)}, **common)
