@@ -270,8 +270,9 @@ def plot_sweep(result: SweepResult, path: str, *, title: str | None = None) -> N
     if has_acc:
         _accuracy_view(exrd, result, acc_rows, [r.encoder_bits * r.payload_bytes for r in acc_rows], configs,
                        colors, "zero")
-        exrd.set(xlabel="encoder bits × payload bytes (input codecs: no encoder, at 0)", ylabel="accuracy",
-                 title="ExR-D (encoder size × rate)")
+        exrd.set(xlabel="encoder bits × payload bytes" + (" (input codecs: no encoder, at 0)" if result.codecs
+                                                           else ""),
+                 ylabel="accuracy", title="ExR-D (encoder size × rate)")
     else:
         xs = [r.encoder_bits * r.payload_bytes for r in rows]
         ys = [r.payload_bytes for r in rows]
