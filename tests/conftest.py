@@ -32,3 +32,17 @@ def teacher():
 
     torch.manual_seed(0)
     return timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray (2 CPUs, a small object store, no dashboard) for the whole session, shut
+    down at its end: test_ray_serve's Serve app and test_trials' Tune trials share it, so Ray
+    starts once."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -20,7 +20,8 @@ SHAPE = (3, 16, 16)
 
 
 def context(export: bool = False, eval_limit: int = 48, labelled: bool = True) -> TrialContext:
-    """test_resnet with seeded random weights on digits at 3x16x16, tiny schedules."""
+    """test_resnet with seeded random weights on digits at 3x16x16, tiny schedules; bundles
+    (``export``) by the TorchScript exporter, a few seconds faster here than dynamo."""
     import timm
 
     from splitter.train.data import digits
@@ -29,7 +30,7 @@ def context(export: bool = False, eval_limit: int = 48, labelled: bool = True) -
     model = timm.create_model("test_resnet", num_classes=10)
     return TrialContext(model, digits("train", SHAPE), digits("test", SHAPE), input_shape=SHAPE,
                         schedules=TINY, eval_limit=eval_limit, time_samples=4, export=export,
-                        labelled=labelled, name="test_resnet")
+                        labelled=labelled, name="test_resnet", exporter="torchscript")
 
 
 SPECS = [TrialSpec(point="layer1", config="entropy:channels=4", beta=b) for b in (0.001, 0.01, 0.1)] + \
@@ -39,6 +40,15 @@ SPECS = [TrialSpec(point="layer1", config="entropy:channels=4", beta=b) for b in
 @pytest.fixture(scope="module")
 def ctx():
     return context()
+
+
+@pytest.fixture(scope="module")
+def serial(ctx, tmp_path_factory):
+    """``SPECS[:2]`` run one after another in this process: the reference results."""
+    store = tmp_path_factory.mktemp("serial")
+    res, failed, ran = run_trials(ctx, SPECS[:2], store, progress=False)
+    assert not failed and len(ran) == 2
+    return res, store
 
 
 def test_plain_trial_is_the_untouched_model(ctx, tmp_path):
@@ -51,7 +61,6 @@ def test_plain_trial_is_the_untouched_model(ctx, tmp_path):
     assert r.samples == 48
 
 
-@pytest.mark.slow  # an ONNX export (dynamo): about a minute on 2 busy cores
 def test_fitted_trial_measures_real_payloads_and_matches_its_bundle(tmp_path):
     """Bytes are those of the split's own payloads on held-out samples; the exported
     bundle's device encoder produces the same sizes (the issue: within 1 %)."""
@@ -89,10 +98,9 @@ def test_unlabelled_data_scores_agreement_with_the_teacher(tmp_path):
     assert r.metric == "agreement" and r.accuracy == r.agreement and r.teacher_accuracy == 1.0
 
 
-def test_finished_trials_are_read_back_not_rerun(ctx, tmp_path):
-    res, failed, ran = run_trials(ctx, SPECS[:2], tmp_path, progress=False)
-    assert not failed and len(ran) == 2
-    again, _, ran2 = run_trials(ctx, SPECS[:2], tmp_path, progress=False)
+def test_finished_trials_are_read_back_not_rerun(ctx, serial):
+    res, store = serial  # ran both trials
+    again, _, ran2 = run_trials(ctx, SPECS[:2], store, progress=False)
     assert ran2 == [] and [r.model_dump() for r in again] == [r.model_dump() for r in res]
 
 
@@ -131,27 +139,17 @@ def test_killed_sweep_resumes_only_the_missing_trials(ctx, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the finished two untouched
 
 
-@pytest.mark.slow  # two spawned interpreters importing torch
-def test_jobs_run_in_processes_with_the_same_results(ctx, tmp_path):
-    serial, _, _ = run_trials(ctx, SPECS[:2], tmp_path / "a", progress=False)
+def test_jobs_run_in_processes_with_the_same_results(ctx, serial, tmp_path):
     par, failed, ran = run_trials(ctx, SPECS[:2], tmp_path / "b", jobs=2, progress=False)
     assert not failed and len(ran) == 2
-    for a, b in zip(serial, par):  # same seeds, same data order: same weights, same bytes
+    for a, b in zip(serial[0], par):  # same seeds, same data order: same weights, same bytes
         assert (a.bytes_mean, a.accuracy) == (b.bytes_mean, b.accuracy)
 
 
-@pytest.mark.slow  # starting a local Ray cluster: about two minutes here
-def test_two_trials_through_ray_tune(ctx, tmp_path):
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.tune")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        res, failed, ran = run_trials(ctx, SPECS[:2], tmp_path, ray=True, progress=False)
-    finally:
-        ray.shutdown()
+def test_two_trials_through_ray_tune(ctx, serial, local_ray, tmp_path):
+    res, failed, ran = run_trials(ctx, SPECS[:2], tmp_path, ray=True, progress=False)
     assert not failed, failed
     assert len(res) == 2 and len(ran) == 2
-    serial, _, _ = run_trials(ctx, SPECS[:2], tmp_path / "serial", progress=False)
-    for a, b in zip(serial, res):
+    for a, b in zip(serial[0], res):
         assert (a.bytes_mean, a.accuracy) == (b.bytes_mean, b.accuracy)
     assert list((tmp_path / "ray").iterdir())  # Tune's own result logs

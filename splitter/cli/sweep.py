@@ -50,6 +50,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--fit", choices=["quick", "full", "none"], default="quick",
                    help="fit each bottleneck by two-stage distillation: quick (15%% of full), full, "
                         "or none (measure it untrained); default quick")
+    m.add_argument("--fit-steps", metavar="FEATURES,KD",
+                   help="optimizer steps of the two fit stages instead of the --fit mode's own "
+                        "(quick: 270,90; full: 1800,540), e.g. 60,20 for a smoke run")
     m.add_argument("--beta", metavar="B[,B...]", action="append", default=[],
                    help="rate weights to fit entropy-coded bottlenecks at (default 0.004)")
     m.add_argument("--rate", metavar="SIZE", help="instead of --beta: bisect β so each entropy-coded "
@@ -71,6 +74,8 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--limit", metavar="N", type=int, help="measure on the first N held-out samples")
     m.add_argument("--no-export", action="store_true",
                    help="skip the bundle export of each trial (device time is then an estimate)")
+    m.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+                   help="ONNX exporter of each trial's bundle (auto: dynamo, then torchscript)")
 
 
 def measure_kwargs(args: argparse.Namespace) -> dict:
@@ -84,9 +89,27 @@ def measure_kwargs(args: argparse.Namespace) -> dict:
     if args.jobs < 1 or args.threads < 1:
         raise ConfigError("--jobs and --threads must be at least 1")
     return dict(data=args.data, fit=None if args.fit == "none" else args.fit, betas=betas or None,
+                schedules=_fit_steps(args.fit, args.fit_steps), exporter=args.exporter,
                 rate=args.rate, jobs=args.jobs, ray=args.ray, threads=args.threads,
                 device_profile=args.device_profile, store=args.store, codecs=codecs, qualities=qualities,
                 anchor=args.anchor, eval_limit=args.limit, export=not args.no_export)
+
+
+def _fit_steps(fit: str, text: str | None) -> dict[str, list[dict]] | None:
+    """``--fit-steps F,K``: the ``fit`` mode's schedule with F and K optimizer steps."""
+    if text is None:
+        return None
+    from splitter.explore.trials import schedule
+
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        steps = []
+    if len(steps) != 2 or min(steps) < 0:
+        raise ConfigError(f"--fit-steps {text!r}: give the steps of both stages, e.g. 60,20")
+    if fit == "none":
+        raise ConfigError("--fit-steps needs --fit quick or full (--fit none trains nothing)")
+    return {fit: [dict(st, steps=n) for st, n in zip(schedule(fit, 0.0), steps)]}
 
 
 def load_from_args(args: argparse.Namespace):

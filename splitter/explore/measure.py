@@ -170,8 +170,8 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
                    qualities: Sequence[int] | None = None, anchor: str | None = None,
                    eval_limit: int | None = None, device_profile: str | dict | None = None,
                    schedules: dict[str, list[dict]] | None = None, batch_size: int = 16, seed: int = 0,
-                   export: bool = True, input_shape: Sequence[int] | None = None,
-                   progress: bool = False) -> SweepResult:
+                   export: bool = True, exporter: str = "auto",
+                   input_shape: Sequence[int] | None = None, progress: bool = False) -> SweepResult:
     """Fit and measure every row of ``analytic`` (see :func:`splitter.explore.sweep.sweep`)."""
     from splitter.compile.split import split
     from splitter.compile.trace import Graph, trace
@@ -198,7 +198,7 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
         analytic = analytic.under(device=Machine(gflops=gflops, name=f"device ({profile_label})"))
     ctx = TrialContext(module, train, test, input_shape=shape, teacher=teacher, labelled=labelled,
                        batch_size=batch_size, threads=threads, eval_limit=eval_limit, export=export,
-                       schedules=schedules, name=analytic.model)  # the profile applies per row, below
+                       schedules=schedules, name=analytic.model, exporter=exporter)  # the profile applies per row, below
     st = TrialStore(store or os.path.join("runs", "sweep", analytic.model))
     graph = trace(module, shape)
 

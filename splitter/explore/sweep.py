@@ -317,6 +317,7 @@ def sweep(
     batch_size: int = 16,
     seed: int = 0,
     export: bool = True,
+    exporter: str = "auto",
 ) -> SweepResult:
     """Cost ``model`` split at every point of ``points``, plain and with each bottleneck;
     with ``data``, fit and measure every one of them (see below).
@@ -336,7 +337,8 @@ def sweep(
     ``betas`` (or the β bisected to hit ``rate`` bytes, e.g. ``"2kB"``), then measured on
     the held-out part: accuracy (agreement with ``teacher`` when unlabelled), payload bytes,
     device encode time of its exported bundle with ``threads`` onnxruntime threads (or from
-    ``device_profile``). Trials are stored under ``store`` (default ``runs/sweep/<model>``)
+    ``device_profile``; ``exporter`` picks the bundles' ONNX exporter, as ``splitter split
+    --exporter``). Trials are stored under ``store`` (default ``runs/sweep/<model>``)
     and never rerun; ``jobs`` runs them in processes, ``ray`` on Ray Tune. ``codecs``
     (default: every installed input codec) are measured on the same data, and every curve
     gets a BD-rate against ``anchor`` (default: the best codec).
@@ -356,7 +358,7 @@ def sweep(
             analytic, model, data, fit=fit, teacher=teacher, betas=betas, rate=rate, store=store,
             jobs=jobs, ray=ray, threads=threads, codecs=codecs, qualities=qualities, anchor=anchor,
             eval_limit=eval_limit, device_profile=device_profile, schedules=schedules,
-            batch_size=batch_size, seed=seed, export=export, input_shape=input_shape,
+            batch_size=batch_size, seed=seed, export=export, exporter=exporter, input_shape=input_shape,
             progress=progress)
 
     graph = model if isinstance(model, Graph) else trace(model, input_shape)

@@ -115,6 +115,8 @@ class TrialContext:
     and compare with (default ``model``). ``train`` / ``test``: datasets of ``(x, label)``;
     ``test`` must be held out from ``train``. ``schedules``: per fit mode, a list of stage
     dicts overriding :func:`schedule` (the trial's β goes into each ``features`` stage).
+    ``exporter``: the ONNX exporter of each trial's bundle (``auto``, ``dynamo`` or
+    ``torchscript``, as ``splitter split --exporter``).
     """
 
     def __init__(self, model: nn.Module, train: Dataset, test: Dataset, *, input_shape: Sequence[int],
@@ -122,7 +124,7 @@ class TrialContext:
                  threads: int = 1, time_samples: int = 20, eval_limit: int | None = None,
                  export: bool = True, schedules: dict[str, list[dict]] | None = None,
                  device_profile: dict[str, float] | None = None, profile_source: str = "",
-                 name: str = "model"):
+                 name: str = "model", exporter: str = "auto"):
         self.model = model.eval()
         self.teacher = (teacher or model).eval()
         self.train, self.test = train, test
@@ -133,6 +135,7 @@ class TrialContext:
         self.time_samples = time_samples
         self.eval_limit = eval_limit
         self.export = export
+        self.exporter = exporter  # the ONNX exporter of each trial's bundle (see deploy.export)
         self.schedules = dict(schedules or {})
         self.device_profile = dict(device_profile or {})  # point or "point config" -> encode ms
         self.profile_source = profile_source
@@ -157,8 +160,10 @@ class TrialContext:
             for d in (self.train, self.test):
                 h.update(f"{getattr(d, 'name', type(d).__name__)}:{len(d)}".encode())
             stages = sorted(self.schedules.items())
-            h.update(json.dumps([self.input_shape, self.labelled, self.batch_size, self.eval_limit,
-                                 stages], default=str).encode())
+            settings = [self.input_shape, self.labelled, self.batch_size, self.eval_limit, stages]
+            if self.exporter != "auto":  # (keeps the ids of stores written before the option)
+                settings.append(self.exporter)
+            h.update(json.dumps(settings, default=str).encode())
             self._key = h.hexdigest()[:16]
         return self._key
 
@@ -451,7 +456,7 @@ def _bundle_timing(ctx: TrialContext, s, d: Path, log: _Log):
     xs = _samples(ctx, max(ctx.time_samples, 32))
     try:
         with warnings_quiet():
-            export(s, out, inputs=torch.cat(xs[:32]), threads=ctx.threads)
+            export(s, out, inputs=torch.cat(xs[:32]), threads=ctx.threads, exporter=ctx.exporter)
         dev = load_bundle(out).device(threads=ctx.threads)
         timed = xs[:ctx.time_samples]
         ms = _time(dev.encode, timed)
