@@ -287,8 +287,8 @@ def _trial_split(row, teacher, out: Path):
 
 
 def _report(sw, t_row, test) -> tuple[Any, list[Criterion]]:
-    """The layer1 rows and the JPEG / WebP points as an EvalReport, and the three targets
-    for each layer1 entropy rate."""
+    """The layer1 rows and every input codec's points as an EvalReport, and the three targets
+    for each layer1 entropy rate (judged against JPEG and WebP, as the README states them)."""
     from splitter.explore.evaluate import EvalReport, EvalRow
 
     report = EvalReport(data="digits/test", samples=len(test), rows=[t_row])
@@ -300,7 +300,7 @@ def _report(sw, t_row, test) -> tuple[Any, list[Criterion]]:
                                        bytes_mean=r.payload_bytes, samples=len(test)))
     report.rows += [EvalRow(method=c.method, setting=f"q={c.quality}", accuracy=c.accuracy,
                             bytes_mean=c.bytes_mean, samples=c.samples)
-                    for c in sw.codecs if c.method in ("jpeg", "webp")]
+                    for c in sw.codecs]
     criteria = []
     for b in ENTROPY_RATES:
         row = next((r for r in sw.rows if r.point == CUT and r.config == ENTROPY and r.beta == b), None)
