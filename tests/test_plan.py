@@ -66,20 +66,26 @@ def test_plan_needs_measured_rows_and_a_readable_link(fake):
     assert main(["plan", "test_resnet", "--input-size", "3,16,16"]) == 2  # no --data
 
 
-@pytest.mark.slow  # trains the digits teacher, fits one entropy bottleneck in full: minutes
 def test_plan_on_digits_for_lora_stays_within_1_5_points(tmp_path, capsys):
     """The issue's check: `splitter plan` on digits with --max-drop 1.5 --link lora returns a
     choice whose measured accuracy drop (here re-measured from the written bundle on the
-    held-out digits) is within 1.5 points."""
+    held-out digits) is within 1.5 points.
+
+    Sized for the default suite: the demo's digits teacher trained for 3 epochs instead of 15
+    (96.7 % on the held-out 360), and one entropy bottleneck at layer2 fitted by the quick
+    recipe cut to 400 + 200 steps (``--fit-steps``), exported by TorchScript. Measured here:
+    a 1.1-point drop at 13.6 B per sample, so the bottleneck beats the 40 B of plain logits
+    on LoRa and its bundle is written and re-measured below."""
     from splitter.cli.demo_run import digits_teacher
     from splitter.explore.evaluate import evaluate_model
     from splitter.train.data import digits
 
-    teacher, ckpt = digits_teacher(cache=tmp_path / "cache", progress=False, quiet=True)
+    teacher, ckpt = digits_teacher(cache=tmp_path / "cache", epochs=3, progress=False, quiet=True)
     out = tmp_path / "bundle"
     rc = main(["plan", "test_resnet", "--model-args", "num_classes=10", "--checkpoint", str(ckpt),
-               "--input-size", "3,16,16", "--data", "digits", "--at", "layer1",
-               "--bottleneck", "entropy:channels=8", "--beta", "0.004", "--fit", "full",
+               "--input-size", "3,16,16", "--data", "digits", "--at", "layer2",
+               "--bottleneck", "entropy:channels=8", "--beta", "0.002", "--fit", "quick",
+               "--fit-steps", "400,200", "--exporter", "torchscript",
                "--link", "lora", "--max-drop", "1.5", "--codecs", "none",
                "--store", str(tmp_path / "store"), "--out", str(out)])
     text = capsys.readouterr().out

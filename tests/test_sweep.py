@@ -171,6 +171,8 @@ def test_sweep_without_data_prints_no_bottleneck_payload_as_measured(tmp_path, c
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
+    """Two points x (entropy at two β + crbq), six 6-step fits, 40 held-out samples, JPEG and
+    WebP at three qualities: every row kind, a two-point curve per β sweep for BD, in ~30 s."""
     import timm
 
     torch.manual_seed(0)
@@ -183,7 +185,6 @@ def measured(tmp_path_factory):
     return res, model, store
 
 
-@pytest.mark.slow  # six tiny fits, codecs: about three minutes on 2 busy cores
 def test_measured_sweep_rows_codecs_and_bd(measured, tmp_path):
     res, _, _ = measured
     got = [(r.point, r.config, r.beta) for r in res.rows]
@@ -209,7 +210,6 @@ def test_measured_sweep_rows_codecs_and_bd(measured, tmp_path):
         assert {b.curve for b in res.bd} >= {"jpeg", "webp"}
 
 
-@pytest.mark.slow  # shares the fixture above
 def test_measured_sweep_resumes_from_its_store(measured):
     res, model, store = measured
     from splitter.explore import trials
