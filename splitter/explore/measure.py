@@ -173,21 +173,12 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
                    export: bool = True, exporter: str = "auto",
                    input_shape: Sequence[int] | None = None, progress: bool = False) -> SweepResult:
     """Fit and measure every row of ``analytic`` (see :func:`splitter.explore.sweep.sweep`)."""
-    from splitter.compile.split import split
-    from splitter.compile.trace import Graph, trace
     from splitter.explore import bd
-    from splitter.explore.codecs import ALL_CODECS, QUALITIES, available, codec_curves
 
     fit_mode = "none" if fit in (None, "none") else fit
     if fit_mode not in ("quick", "full", "none"):
         raise ConfigError(f"fit must be 'quick', 'full' or None, not {fit!r}")
-    if isinstance(model, Graph):
-        module = model.gm
-    elif isinstance(model, nn.Module):
-        module = model
-    else:
-        raise ConfigError("a measured sweep needs the model's weights: pass an nn.Module (or load "
-                          "the name with splitter.compile.trace.load_model first)")
+    module = _module_of(model)
     shape = tuple(analytic.input_shape)
     train, test, data_name = resolve_data(data, input_shape or shape, module, seed)
     labelled = _labelled(test)
@@ -198,11 +189,53 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
         analytic = analytic.under(device=Machine(gflops=gflops, name=f"device ({profile_label})"))
     ctx = TrialContext(module, train, test, input_shape=shape, teacher=teacher, labelled=labelled,
                        batch_size=batch_size, threads=threads, eval_limit=eval_limit, export=export,
-                       schedules=schedules, name=analytic.model, exporter=exporter)  # the profile applies per row, below
+                       schedules=schedules, name=analytic.model, exporter=exporter)
+    # (the device profile applies per row, in _row)
     st = TrialStore(store or os.path.join("runs", "sweep", analytic.model))
-    graph = trace(module, shape)
 
-    # -- trials ---------------------------------------------------------------------------------
+    specs, rate_pairs = _trial_specs(analytic, module, shape, fit_mode, betas, rate, seed)
+    results, failed, _ = run_trials(ctx, specs, st, jobs=jobs, ray=ray, progress=progress)
+    if rate is not None and rate_pairs:
+        results += _rate_controlled(ctx, st, rate_pairs, rate, fit_mode, seed)
+    if not results:
+        reasons = "; ".join(f"{f.spec.point} {f.spec.config}: {f.error}" for f in failed[:3])
+        raise SplitterError(f"no trial of the sweep finished ({reasons}); see the trial logs under "
+                            f"{st.root / 'trials'}")
+    t_acc = next((r.teacher_accuracy for r in results), None)
+    rows = _measured_rows(analytic, results, t_acc, profile, profile_label)
+    skipped = list(analytic.skipped) + [Skipped(point=f.spec.point, config=f.spec.config, reason=f.error)
+                                        for f in failed]
+
+    names, points_ = _codec_points(ctx, st, codecs, qualities)
+    curves = curves_of(rows, points_)
+    anchor_name = anchor or bd.best_codec(curves, names)
+    bd_rows = bd.compare(curves, anchor_name) if anchor_name else []
+    return analytic.model_copy(update=dict(
+        rows=rows, skipped=skipped, data=data_name, fit=fit_mode, teacher_accuracy=t_acc,
+        metric="accuracy" if labelled else "agreement", codecs=points_, bd=bd_rows, anchor=anchor_name))
+
+
+def _module_of(model: Any) -> nn.Module:
+    """The ``nn.Module`` whose weights the trials fit and run (a traced Graph's module)."""
+    from splitter.compile.trace import Graph
+
+    if isinstance(model, Graph):
+        return model.gm
+    if isinstance(model, nn.Module):
+        return model
+    raise ConfigError("a measured sweep needs the model's weights: pass an nn.Module (or load "
+                      "the name with splitter.compile.trace.load_model first)")
+
+
+def _trial_specs(analytic: SweepResult, module: nn.Module, shape: tuple[int, ...], fit_mode: str,
+                 betas: Sequence[float] | None, rate: float | str | None, seed: int
+                 ) -> tuple[list[TrialSpec], list[tuple[str, str]]]:
+    """One trial per analytic row: plain points unfitted, rate-less bottlenecks once, entropy-
+    coded ones at each β; ``(specs, (point, config) pairs left to rate control)``."""
+    from splitter.compile.split import split
+    from splitter.compile.trace import trace
+
+    graph = trace(module, shape)
     plain_specs: list[TrialSpec] = []
     bn_specs: list[TrialSpec] = []
     rate_pairs: list[tuple[str, str]] = []
@@ -220,55 +253,58 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
         else:
             bn_specs += [TrialSpec(point=r.point, config=r.config, beta=float(x), fit=fit_mode, seed=seed)
                          for x in beta_list]
-    results, failed, _ = run_trials(ctx, plain_specs + bn_specs, st, jobs=jobs, ray=ray,
-                                    progress=progress)
-    if rate is not None and rate_pairs:
-        from splitter.explore.ratecontrol import bisect_beta, parse_size
+    return plain_specs + bn_specs, rate_pairs
 
-        target = parse_size(rate)
-        for point, config in rate_pairs:
-            def measure(beta: float, point: str = point, config: str = config) -> float:
-                spec = TrialSpec(point=point, config=config, beta=beta, fit=fit_mode, seed=seed)
-                got, bad, _ = run_trials(ctx, [spec], st, jobs=1, ray=None, progress=False)
-                if bad:
-                    raise ConfigError(f"rate search at {point} {config}: trial β={beta:g} failed: "
-                                      f"{bad[0].error}")
-                return got[0].bytes_mean
 
-            search = bisect_beta(measure, target)
-            results.append(st.result(ctx, TrialSpec(point=point, config=config, beta=search.beta,
-                                                    fit=fit_mode, seed=seed)))
-    if not results:
-        reasons = "; ".join(f"{f.spec.point} {f.spec.config}: {f.error}" for f in failed[:3])
-        raise SplitterError(f"no trial of the sweep finished ({reasons}); see the trial logs under "
-                            f"{st.root / 'trials'}")
-    t_acc = next((r.teacher_accuracy for r in results), None)
+def _rate_controlled(ctx: TrialContext, st: TrialStore, pairs: Sequence[tuple[str, str]],
+                     rate: float | str, fit_mode: str, seed: int) -> list[TrialResult]:
+    """For each (point, config): the trial whose β bisection landed nearest ``rate`` bytes."""
+    from splitter.explore.ratecontrol import bisect_beta, parse_size
+
+    target = parse_size(rate)
+    results: list[TrialResult] = []
+    for point, config in pairs:
+        def measure(beta: float, point: str = point, config: str = config) -> float:
+            spec = TrialSpec(point=point, config=config, beta=beta, fit=fit_mode, seed=seed)
+            got, bad, _ = run_trials(ctx, [spec], st, jobs=1, ray=None, progress=False)
+            if bad:
+                raise ConfigError(f"rate search at {point} {config}: trial β={beta:g} failed: "
+                                  f"{bad[0].error}")
+            return got[0].bytes_mean
+
+        search = bisect_beta(measure, target)
+        results.append(st.result(ctx, TrialSpec(point=point, config=config, beta=search.beta,
+                                                fit=fit_mode, seed=seed)))
+    return results
+
+
+def _measured_rows(analytic: SweepResult, results: Sequence[TrialResult], t_acc: float | None,
+                   profile: dict[str, float], profile_label: str) -> list[SweepRow]:
+    """The analytic rows with their trials' figures, in the analytic order (then by β), with
+    Pareto marks."""
     by_key = {(r.point, r.config): r for r in analytic.rows}
     rows = [_row(by_key[(res.spec.point, res.spec.config)], res, t_acc, analytic.link, analytic.device,
                  analytic.server, profile, profile_label) for res in results]
     order = {(r.point, r.config): k for k, r in enumerate(analytic.rows)}
     rows.sort(key=lambda r: (order[(r.point, r.config)], r.beta or 0.0))
     _mark_pareto(rows)
-    skipped = list(analytic.skipped) + [Skipped(point=f.spec.point, config=f.spec.config, reason=f.error)
-                                        for f in failed]
+    return rows
 
-    # -- input codecs on the same held-out samples, and BD figures ----------------------------
+
+def _codec_points(ctx: TrialContext, st: TrialStore, codecs: Sequence[str] | None,
+                  qualities: Sequence[int] | None) -> tuple[list[str], list[Any]]:
+    """``(codec names, CodecPoint per codec and quality)``: the input codecs on the trials'
+    held-out samples, cached in the store (none when the data keeps no source images)."""
+    from splitter.explore.codecs import ALL_CODECS, QUALITIES, CodecPoint, available, codec_curves
+
     names = [c for c in (codecs if codecs is not None else ALL_CODECS) if codecs is not None or available(c)]
-    points_ = []
-    if names and hasattr(test, "raw"):
-        qs = tuple(qualities or QUALITIES)
-        cache = st.root / f"codecs-{ctx.key}-{'_'.join(names)}-{'_'.join(map(str, qs))}.json"
-        from splitter.explore.codecs import CodecPoint
-
-        if cache.exists():
-            points_ = [CodecPoint.model_validate(p) for p in json.loads(cache.read_text())]
-        else:
-            points_ = codec_curves(ctx.teacher, test, codecs=names, qualities=qs, labelled=labelled,
-                                   limit=eval_limit)
-            cache.write_text(json.dumps([p.model_dump() for p in points_]))
-    curves = curves_of(rows, points_)
-    anchor_name = anchor or bd.best_codec(curves, names)
-    bd_rows = bd.compare(curves, anchor_name) if anchor_name else []
-    return analytic.model_copy(update=dict(
-        rows=rows, skipped=skipped, data=data_name, fit=fit_mode, teacher_accuracy=t_acc,
-        metric="accuracy" if labelled else "agreement", codecs=points_, bd=bd_rows, anchor=anchor_name))
+    if not names or not hasattr(ctx.test, "raw"):
+        return names, []
+    qs = tuple(qualities or QUALITIES)
+    cache = st.root / f"codecs-{ctx.key}-{'_'.join(names)}-{'_'.join(map(str, qs))}.json"
+    if cache.exists():
+        return names, [CodecPoint.model_validate(p) for p in json.loads(cache.read_text())]
+    points = codec_curves(ctx.teacher, ctx.test, codecs=names, qualities=qs, labelled=ctx.labelled,
+                          limit=ctx.eval_limit)
+    cache.write_text(json.dumps([p.model_dump() for p in points]))
+    return names, points

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -343,8 +343,6 @@ def sweep(
     (default: every installed input codec) are measured on the same data, and every curve
     gets a BD-rate against ``anchor`` (default: the best codec).
     """
-    from splitter.compile.split import split
-
     if data is not None:
         from splitter.explore.measure import measured_sweep
 
@@ -364,10 +362,6 @@ def sweep(
     graph = model if isinstance(model, Graph) else trace(model, input_shape)
     cuts = select_points(graph, points)
     specs = [BottleneckSpec.of(b) for b in (bottlenecks or [])]
-    table = cost_table(graph.gm)
-    rows: list[SweepRow] = []
-    skipped: list[Skipped] = []
-
     total = len(cuts) * (int(plain) + len(specs))
     bar = None
     if progress and total:
@@ -375,29 +369,8 @@ def sweep(
 
         bar = tqdm(total=total, desc=f"sweep {graph.name}", unit="split", leave=False)
     try:
-        for cut in cuts:
-            if plain:
-                rows.append(_row(report_at(graph, cut, table=table), cut, PLAIN, link, device, server))
-                if bar is not None:
-                    bar.update()
-            for spec in specs:
-                if cut.name in ("input", "output"):  # a bottleneck needs an interior cut
-                    if bar is not None:
-                        bar.update()
-                    continue
-                try:
-                    s = split(graph, cut.name, bottleneck=spec)
-                    measured = measure_payload(s, inputs) if inputs is not None else None
-                    rep = report_at(graph, cut, s.bottleneck, s.mode, table=table, payload=measured)
-                except (SplitterError, ValueError, TypeError) as e:
-                    # ValueError/TypeError: a kind refusing this tensor (e.g. a 1-D pooled
-                    # vector); the sweep goes on and says why in ``skipped``.
-                    skipped.append(Skipped(point=cut.name, config=spec.label,
-                                           reason=f"{type(e).__name__}: {e}"))
-                else:
-                    rows.append(_row(rep, cut, spec.label, link, device, server))
-                if bar is not None:
-                    bar.update()
+        rows, skipped = _analytic_rows(graph, cuts, specs, inputs, link, device, server, plain,
+                                       bar.update if bar is not None else lambda: None)
     finally:
         if bar is not None:
             bar.close()
@@ -408,6 +381,40 @@ def sweep(
     _mark_pareto(rows)
     return SweepResult(model=graph.name, input_shape=tuple(graph.input_shape), link=link,
                        device=device, server=server, rows=rows, skipped=skipped)
+
+
+def _analytic_rows(graph: Graph, cuts: Sequence[CutPoint], specs: Sequence[BottleneckSpec], inputs: Any,
+                   link: Link, device: Machine, server: Machine, plain: bool,
+                   tick: Callable[[], Any]) -> tuple[list[SweepRow], list[Skipped]]:
+    """Per cut: the plain row from the prefix sums, then one row per bottleneck that can go
+    there (its payload measured on ``inputs`` when given); the others land in ``skipped``.
+    ``tick`` is called once per (cut, plain or bottleneck)."""
+    from splitter.compile.split import split
+
+    table = cost_table(graph.gm)
+    rows: list[SweepRow] = []
+    skipped: list[Skipped] = []
+    for cut in cuts:
+        if plain:
+            rows.append(_row(report_at(graph, cut, table=table), cut, PLAIN, link, device, server))
+            tick()
+        for spec in specs:
+            if cut.name in ("input", "output"):  # a bottleneck needs an interior cut
+                tick()
+                continue
+            try:
+                s = split(graph, cut.name, bottleneck=spec)
+                measured = measure_payload(s, inputs) if inputs is not None else None
+                rep = report_at(graph, cut, s.bottleneck, s.mode, table=table, payload=measured)
+            except (SplitterError, ValueError, TypeError) as e:
+                # ValueError/TypeError: a kind refusing this tensor (e.g. a 1-D pooled
+                # vector); the sweep goes on and says why in ``skipped``.
+                skipped.append(Skipped(point=cut.name, config=spec.label,
+                                       reason=f"{type(e).__name__}: {e}"))
+            else:
+                rows.append(_row(rep, cut, spec.label, link, device, server))
+            tick()
+    return rows, skipped
 
 
 def _row(rep: CostReport, cut: CutPoint, config: str, link: Link, device: Machine,
