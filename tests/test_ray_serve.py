@@ -33,12 +33,10 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_url(exported):
+def ray_url(exported, local_ray):
     from splitter.deploy.ray_serve import APP_NAME, application
 
     port = free_port()
-    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = application(exported[1].path, ServeOptions(threads=1, max_batch=4), replicas=2,
@@ -53,8 +51,7 @@ def ray_url(exported):
             pytest.fail("Ray Serve was not ready after 240 readiness polls")
         yield base
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.shutdown()  # Ray itself is the session's (conftest.local_ray)
 
 
 def test_two_replicas_serve_oip_requests(exported, ray_url):
