@@ -64,6 +64,11 @@ def test_plan_needs_measured_rows_and_a_readable_link(fake):
         with pytest.raises(ConfigError, match="BW,RTT"):
             parse_link(bad)
     assert main(["plan", "test_resnet", "--input-size", "3,16,16"]) == 2  # no --data
+    for steps in ("60", "a,b", "60,-1"):  # --fit-steps needs both stages' steps
+        assert main(["plan", "test_resnet", "--input-size", "3,16,16", "--data", "digits",
+                     "--fit-steps", steps]) == 2
+    assert main(["plan", "test_resnet", "--input-size", "3,16,16", "--data", "digits", "--fit", "none",
+                 "--fit-steps", "60,20"]) == 2
 
 
 def test_plan_on_digits_for_lora_stays_within_1_5_points(tmp_path, capsys):
