@@ -74,6 +74,43 @@ def test_quantize_head_keeps_the_symbol_tail_fp32(crbq):
     assert Int8Report.model_validate_json(rep.model_dump_json()) == rep
 
 
+def test_gptq_rounding_changes_only_the_int8_weights_and_lowers_the_error(crbq):
+    """GPTQ re-rounds the int8 conv weights on the calibration images: the graph, scales,
+    zero points and biases are onnxruntime's, only int8 weight values differ (each by at
+    most a few steps), and the head's output error against fp32 on those images falls."""
+    from onnx import numpy_helper
+
+    from targets.int8 import _run, _session
+
+    s, fp32 = crbq
+    s_f = splitter.split("test_resnet", at="layer2", input_shape=SHAPE).eval()  # float output
+    import tempfile
+    from pathlib import Path
+
+    from targets.onnx_head import export_head as exp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exp(s_f, Path(tmp) / "h.onnx")
+        head = (Path(tmp) / "h.onnx").read_bytes()
+    cal = _calibration(16)
+    near, rn = quantize_head(head, cal, rounding="nearest", min_top1=0.0, timing_runs=1)
+    gptq, rg = quantize_head(head, cal, min_top1=0.0, timing_runs=1)
+    assert (rn.weight_rounding, rg.weight_rounding) == ("nearest", "gptq")
+    a, b = onnx.load_from_string(near), onnx.load_from_string(gptq)
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ta.keys() == tb.keys()
+    changed = [k for k in ta if not np.array_equal(ta[k], tb[k])]
+    assert changed and all(ta[k].dtype == np.int8 and k.endswith("_quantized") for k in changed)
+    assert max(int(np.abs(ta[k].astype(int) - tb[k].astype(int)).max()) for k in changed) <= 8
+    ref = _run(_session(head, 1), cal)
+    err = {k: float(np.mean((_run(_session(m, 1), cal) - ref) ** 2)) for k, m in (("n", near), ("g", gptq))}
+    assert err["g"] < err["n"], err
+    with pytest.raises(BundleError, match="rounding"):
+        quantize_head(head, cal, rounding="adaround", min_top1=0.0)
+
+
 def test_keep_stem_and_last(crbq):
     s, fp32 = crbq
     _, rep = quantize_head(fp32, _calibration(8), keep_fp32=("stem", "last"), min_top1=0.0,
@@ -220,16 +257,16 @@ def lite0_report(request, tmp_path_factory):
 @pytest.mark.slow
 def test_lite0_int8_weights_are_a_quarter_and_parity_holds_its_floor(lite0_report):
     rep = lite0_report
-    assert rep.n_eval == 60 and not rep.eval_is_calibration
+    assert rep.n_eval == 60 and not rep.eval_is_calibration and rep.weight_rounding == "gptq"
     assert rep.weight_bits_ratio == 0.25  # every weight tensor int8
-    # measured here: 57/60; one image of slack for other CPUs' int8 kernels. Target: below.
+    # measured here: 57/60 (crbq); one image of slack for other CPUs' int8 kernels
     assert rep.top1_agreement >= 56 / 60
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 12 target (>= 98% top-1 agreement) not met: "
-                   "95.0% (57/60) for crbq and plain with the defaults; 5 of the 60 crops have "
-                   "top-1/top-2 logit gaps < 0.06. int8 weights cause it (16-bit weights with "
-                   "8-bit activations: 98.3%)")
+@pytest.mark.xfail(strict=False, reason="issue 12 target (>= 98% top-1 agreement) not met "
+                   "robustly: 95.0% (57/60) for crbq with GPTQ rounding; on 200 crops nearest "
+                   "rounding 95.0%, GPTQ 95.5-98.5% by variant (cut-feature error 9.5% -> 6.1%); "
+                   "14 of the 200 crops have top-1/top-2 logit gaps < 0.06")
 def test_lite0_int8_top1_agreement_meets_the_target(lite0_report):
     assert lite0_report.top1_agreement >= 0.98
