@@ -36,6 +36,7 @@ from splitter.deploy import coder, payload
 from splitter.deploy.device import _coder_for
 from splitter.errors import BundleError
 from targets.tables import device_state
+from tests._torchfree import TORCH_FREE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,28 +165,6 @@ def exported(tmp_path_factory):
     return s, b, d
 
 
-TORCH_FREE = r"""
-import importlib.abc, json, sys
-BLOCKED = ("torch", "torchvision", "timm", "compressai")
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: the device runtime must not import it")
-
-sys.meta_path.insert(0, Block())
-import numpy as np
-import splitter
-
-bundle, x_path, out_path = sys.argv[1:]
-device = splitter.load_bundle(bundle).device(threads=1)
-x = np.load(x_path)
-data = [device.encode(x[i:i + 1]) for i in range(len(x))] + [device.encode(x)]
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-assert not loaded, loaded
-open(out_path, "wb").write(json.dumps([d.hex() for d in data]).encode())
-print("torch-free ok")
-"""
 
 
 def test_export_parity_covers_the_hyperprior_coder(exported):

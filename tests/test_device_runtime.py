@@ -22,6 +22,7 @@ import torch
 import splitter
 from splitter.deploy import coder, payload
 from splitter.errors import BundleError, InputShapeError, InputValueError
+from tests._torchfree import TORCH_FREE
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (3, 64, 64)
@@ -129,29 +130,6 @@ def test_one_sample_and_float64_inputs_are_accepted(exported):
     assert device.encode(torch.from_numpy(x)) == device.encode(x)
 
 
-# Run in a fresh interpreter where torch & co cannot be imported at all.
-TORCH_FREE = r"""
-import importlib.abc, json, sys
-BLOCKED = ("torch", "torchvision", "timm", "compressai")
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: the device runtime must not import it")
-
-sys.meta_path.insert(0, Block())
-import numpy as np
-import splitter
-
-bundle, x_path, out_path = sys.argv[1:]
-device = splitter.load_bundle(bundle).device(threads=1)
-x = np.load(x_path)
-data = [device.encode(x[i:i + 1]) for i in range(len(x))] + [device.encode(x)]
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-assert not loaded, loaded
-open(out_path, "wb").write(json.dumps([d.hex() for d in data]).encode())
-print("torch-free ok")
-"""
 
 
 def test_device_runtime_runs_without_torch_and_writes_the_torch_coder_s_bytes(exported, tmp_path):
