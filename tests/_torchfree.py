@@ -24,3 +24,24 @@ assert not loaded, loaded
 open(out_path, "wb").write(json.dumps([d.hex() for d in data]).encode())
 print("torch-free ok")
 """
+
+
+def encode_without_torch(device_dir, x, tmp_path) -> list[bytes]:
+    """Payloads of ``x`` sample by sample, then of the whole batch, from the device bundle
+    at ``device_dir`` in a fresh interpreter where torch & co cannot be imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parent.parent
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, str(device_dir), str(tmp_path / "x.npy"),
+                           str(tmp_path / "out.json")], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [bytes.fromhex(h) for h in json.loads((tmp_path / "out.json").read_text())]

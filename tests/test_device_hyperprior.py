@@ -17,10 +17,6 @@ symbols.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +32,7 @@ from splitter.deploy import coder, payload
 from splitter.deploy.device import _coder_for
 from splitter.errors import BundleError
 from targets.tables import device_state
-from tests._torchfree import TORCH_FREE
+from tests._torchfree import encode_without_torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,8 +161,6 @@ def exported(tmp_path_factory):
     return s, b, d
 
 
-
-
 def test_export_parity_covers_the_hyperprior_coder(exported):
     _, b, _ = exported
     assert b.manifest.coder.needs_torch is False and b.device_manifest.coder.needs_torch is False
@@ -179,13 +173,7 @@ def test_hyperprior_device_encodes_without_torch_to_the_torch_bytes_and_the_serv
     s, b, d = exported
     x = torch.randn(12, *SHAPE, generator=torch.Generator().manual_seed(7)).numpy()
     x[3] *= 25  # a large-magnitude input: wide latents, escapes
-    np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, str(d / "device"),
-                           str(tmp_path / "x.npy"), str(tmp_path / "out.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = [bytes.fromhex(h) for h in json.loads((tmp_path / "out.json").read_text())]
+    got = encode_without_torch(d / "device", x, tmp_path)
     spatial = tuple(b.manifest.symbols.spatial)
     server = b.server(threads=1)
     with torch.no_grad():
