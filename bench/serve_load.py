@@ -84,8 +84,8 @@ def _oip_body(payloads: list[bytes]) -> tuple[bytes, dict[str, str]]:
 class _Server:
     def __init__(self, bundle: Path, args: list[str], log: Path):
         self.port = _free_port()
-        cmd = [sys.executable, "-m", "splitter.cli", "serve", str(bundle), "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning", *args]
+        self.cmd = cmd = [sys.executable, "-m", "splitter.cli", "serve", str(bundle), "--host",
+                          "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *args]
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -144,30 +144,45 @@ def _client(port: int, path: str, body: bytes, headers: dict, stop_at: float, bu
 _LOCK = threading.Lock()
 
 
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far; 0 for None or a gone process."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load(port: int, path: str, body: bytes, headers: dict, clients: int, duration: float,
-          max_requests: int) -> tuple[list[float], list[int], float]:
-    """``clients`` threads for ``duration`` s or ``max_requests`` requests: latencies, statuses, wall."""
+          max_requests: int, server_pid: int | None = None) -> tuple:
+    """``clients`` threads for ``duration`` s or ``max_requests`` requests: latencies, statuses,
+    wall, and the CPU seconds the load generator (this process) and the server used meanwhile."""
     lat: list[float] = []
     statuses: list[int] = []
     budget = [max_requests]
     stop_at = time.monotonic() + duration
     threads = [threading.Thread(target=_client, args=(port, path, body, headers, stop_at, budget, lat, statuses))
                for _ in range(clients)]
-    t0 = time.perf_counter()
+    t0, c0, s0 = time.perf_counter(), time.process_time(), _cpu_s(server_pid)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return lat, statuses, time.perf_counter() - t0
+    return (lat, statuses, time.perf_counter() - t0, time.process_time() - c0,
+            _cpu_s(server_pid) - s0 if server_pid else None)
 
 
-def _summary(windows: list[tuple[list[float], list[int], float]]) -> dict:
+def _summary(windows: list[tuple]) -> dict:
     lat = [x for w in windows for x, s in zip(w[0], w[1]) if s == 200]
     n_all = sum(len(w[1]) for w in windows)
     wall = sum(w[2] for w in windows)
+    server_cpu = None if any(w[4] is None for w in windows) else sum(w[4] for w in windows)
     return {"rps": len(lat) / wall, "p50": np.percentile(lat, 50) * 1e3 if lat else float("nan"),
             "p99": np.percentile(lat, 99) * 1e3 if lat else float("nan"), "n": len(lat),
-            "errors": n_all - len(lat)}
+            "errors": n_all - len(lat), "client_cpu": sum(w[3] for w in windows) / wall,
+            "per_cpu_s": len(lat) / server_cpu if server_cpu else None}
 
 
 CEILING_VARIANTS = [(None, 1), (None, 8), (1, 1), (1, 8)]  # (threads: None = all cores, batch)
@@ -181,21 +196,26 @@ class _Ceiling:
         self.servers = {t: bundle.server(threads=t) for t in {t for t, _ in CEILING_VARIANTS}}
         sym = self.servers[None].decode_symbols(payload).numpy()
         self.inputs = {b: np.repeat(sym, b, axis=0) for b in {b for _, b in CEILING_VARIANTS}}
-        self.done = {v: [0, 0.0] for v in CEILING_VARIANTS}
+        self.done = {v: [0, 0.0, 0.0] for v in CEILING_VARIANTS}  # images, wall s, CPU s
         for t, b in CEILING_VARIANTS:
             self.servers[t].run_tail(self.inputs[b])  # warm-up
 
     def measure(self, seconds: float) -> None:
         for t, b in CEILING_VARIANTS:
-            n, t0 = 0, time.perf_counter()
+            n, t0, c0 = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() - t0 < seconds:
                 self.servers[t].run_tail(self.inputs[b])
                 n += b
             self.done[(t, b)][0] += n
             self.done[(t, b)][1] += time.perf_counter() - t0
+            self.done[(t, b)][2] += time.process_time() - c0
 
     def rates(self) -> dict[tuple, float]:
-        return {v: n / max(s, 1e-9) for v, (n, s) in self.done.items()}
+        return {v: n / max(s, 1e-9) for v, (n, s, _) in self.done.items()}
+
+    def per_cpu_s(self) -> dict[tuple, float]:
+        """Images per CPU second: what the tail costs, whatever share of the CPU it got."""
+        return {v: n / max(c, 1e-9) for v, (n, _, c) in self.done.items()}
 
 
 def _rss_kb(pid: int) -> int:
@@ -317,8 +337,9 @@ def main() -> None:
             ceiling.measure(min(window, 2.0))
             for c in clients:
                 for (label, _), srv in zip(modes, servers):
-                    windows[(label, c)].append(
-                        _load(srv.port, path, body, headers, c, window, args.requests // args.rounds))
+                    pid = None if "--replicas" in srv.cmd else srv.proc.pid  # Ray: replicas elsewhere
+                    windows[(label, c)].append(_load(srv.port, path, body, headers, c, window,
+                                                     args.requests // args.rounds, pid))
             print(f"  round {r + 1}/{args.rounds} done", flush=True)
     finally:
         for srv in servers:
@@ -329,12 +350,23 @@ def main() -> None:
     print("\nbare onnxruntime tail (the ceiling): " + ", ".join(
         f"{'all cores' if t is None else f'{t} thread'} batch {b}: {v:.1f}" for (t, b), v in rates.items())
         + f" img/s; best {best:.1f}")
-    print(f"\n{'mode':50s} clients   req/s    p50 ms    p99 ms   ok  errors  of ceiling")
+    per_cpu = ceiling.per_cpu_s()
+    best_cpu = max(per_cpu.values())
+    print("bare tail per CPU second: " + ", ".join(
+        f"{'all cores' if t is None else f'{t} thread'} batch {b}: {v:.1f}" for (t, b), v in per_cpu.items())
+        + f" img/CPU-s; best {best_cpu:.1f}")
+    print("(the load generator shares these cores: 'client CPU' is the share of one core its "
+          "threads used; 'per CPU-s' divides replies by the server process's own CPU seconds)")
+    print(f"\n{'mode':50s} clients   req/s    p50 ms    p99 ms   ok  errors  of ceiling  "
+          f"client CPU  per CPU-s  of bare per CPU-s")
     for label, _ in modes:
         for c in clients:
             r = _summary(windows[(label, c)])
+            eff = (f"{r['per_cpu_s']:9.1f} {r['per_cpu_s'] / best_cpu:18.0%}" if r["per_cpu_s"]
+                   else f"{'-':>9s} {'-':>18s}")
             print(f"{label:50s} {c:7d} {r['rps']:7.1f} {r['p50']:9.0f} {r['p99']:9.0f} {r['n']:5d} "
-                  f"{r['errors']:6d} {r['rps'] / best:9.0%}", flush=True)
+                  f"{r['errors']:6d} {r['rps'] / best:9.0%}  {r['client_cpu']:10.0%}  {eff}",
+                  flush=True)
     if not args.skip_heavy:
         _heavy(args.bundle, bundle, log_dir)
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
