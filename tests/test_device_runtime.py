@@ -143,7 +143,6 @@ def test_device_runtime_runs_without_torch_and_writes_the_torch_coder_s_bytes(ex
     assert torch.equal(server.decode_symbols(got[-1]), sym)
 
 
-@pytest.mark.slow
 def test_dict_output_model_exports_and_runs_with_per_output_parity(tmp_path):
     """torchvision's DeepLabv3 returns {'out': ...}: the tail.onnx output is named 'out' and
     the server hands back a dict."""
