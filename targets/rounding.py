@@ -80,6 +80,21 @@ def _columns(node, x: np.ndarray, groups: int):
     return cols.view(n, groups, d, L).permute(1, 2, 0, 3).reshape(groups, d, n * L)
 
 
+def _moments(node, x_fp: np.ndarray, x_q: np.ndarray, groups: int, chunk: int = 4):
+    """``(H, C)``, each ``(groups, d, d)``: E[x_q x_qᵀ] and E[x x_qᵀ] over every im2col column,
+    summed a few images at a time (the columns of one early conv on 32 images at 224×224
+    would take ~0.5 GB at once)."""
+    h = cross = None
+    n = 0
+    for i in range(0, len(x_fp), chunk):
+        xf = _columns(node, x_fp[i:i + chunk], groups)
+        xq = _columns(node, x_q[i:i + chunk], groups)
+        hh, cc = xq @ xq.transpose(1, 2), xf @ xq.transpose(1, 2)
+        h, cross = (hh, cc) if h is None else (h + hh, cross + cc)
+        n += xf.shape[2]
+    return h / n, cross / n
+
+
 def _damped(h, damp: float):
     import torch
 
@@ -109,10 +124,11 @@ def refine_int8_weights(fp32, int8, images: np.ndarray, *, damp: float = 0.01,
     """Rewrite, in place in the onnx model ``int8`` (made from ``fp32`` by ``quantize_static``),
     the int8 weights of every quantized ``Conv``, in graph order, so that its output on the
     int8 head's own (already refined, quantized) inputs X_q matches the fp32 conv's output on
-    the fp32 inputs X: the least-squares target W* = W X Xᵀ_q (X_q Xᵀ_q)⁻¹ (ridge toward W), rounded by GPTQ
-    with H = X_q Xᵀ_q. The error upstream layers left is corrected downstream, not carried.
+    the fp32 inputs X: the least-squares target W* = W X Xᵀ_q (X_q Xᵀ_q)⁻¹ (ridge toward W), rounded by
+    GPTQ with H = X_q Xᵀ_q. The error upstream layers left is corrected downstream, not carried.
     Returns how many convs were refined; convs left in fp32, convs that are not 2-D and the
-    other weighted ops (Gemm, MatMul) keep onnxruntime's nearest rounding."""
+    other weighted ops (Gemm, MatMul) keep onnxruntime's nearest rounding. Cost: one run of
+    the int8 head on ``images`` per conv (its inputs change as earlier convs are refined)."""
     import torch
     from onnx import numpy_helper
 
@@ -139,11 +155,7 @@ def refine_int8_weights(fp32, int8, images: np.ndarray, *, damp: float = 0.01,
         groups = _attrs(orig).get("group", 1)
         rows = w.shape[0] // groups
         xq_in = conv_inputs(int8, images, threads=threads, only=[node.name])[node.name]
-        xf = _columns(orig, fp_inputs[orig.name], groups)
-        xq = _columns(orig, xq_in, groups)
-        n = xf.shape[2]
-        h = xq @ xq.transpose(1, 2) / n
-        cross = xf @ xq.transpose(1, 2) / n  # (G, d, d): E[x xqᵀ]
+        h, cross = _moments(orig, fp_inputs[orig.name], xq_in, groups)
         wg = w.reshape(groups, rows, -1)
         # ridge toward W (not toward 0): W* = (W C + λW)(H_q + λ)⁻¹ is W itself when X_q = X,
         # and stays near W when few calibration columns leave H_q ill-conditioned
