@@ -396,7 +396,9 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, cache: Path | N
                         criteria=criteria, bundle=bundle_dir, plot=plot, bundle_setting=setting,
                         bd=sw.bd, anchor=sw.anchor, plan=pl, sweep_csv=str(out / "sweep.csv"),
                         times={k: round(v, 1) for k, v in times.items()})
-    (out / "results.json").write_text(result.model_dump_json(indent=2))
+    from splitter.train.checkpoint import write_text
+
+    write_text(result.model_dump_json(indent=2), str(out / "results.json"))
     if not quiet:
         _print_targets(report, criteria)
         print(f"plot: {plot}\ntime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())

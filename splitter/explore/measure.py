@@ -306,5 +306,7 @@ def _codec_points(ctx: TrialContext, st: TrialStore, codecs: Sequence[str] | Non
         return names, [CodecPoint.model_validate(p) for p in json.loads(cache.read_text())]
     points = codec_curves(ctx.teacher, ctx.test, codecs=names, qualities=qs, labelled=ctx.labelled,
                           limit=ctx.eval_limit)
-    cache.write_text(json.dumps([p.model_dump() for p in points]))
+    from splitter.train.checkpoint import write_text
+
+    write_text(json.dumps([p.model_dump() for p in points]), str(cache))  # a kill leaves no half file
     return names, points
