@@ -261,3 +261,22 @@ def test_cli_measured_sweep(tmp_path, capsys):
     assert [(r["point"], r["config"]) for r in rows] == [("input", "plain"), ("layer1", "plain"),
                                                          ("layer1", "crbq:channels=4"), ("output", "plain")]
     assert rows[2]["payload_measured"] == "True" and rows[2]["accuracy"] != ""
+
+
+def test_merged_sweeps_keep_one_row_per_point_config_and_beta():
+    """Two sweeps sharing plain points (the demo's layer1 fits and its other stage points):
+    one row each, in execution order, the first sweep's row where both have one."""
+    import timm
+
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", num_classes=10)
+    a = splitter.sweep(m, "layer1", ["crbq:channels=4"], input_shape=(3, 16, 16))
+    b = splitter.sweep(m, "layer1,layer2", ["crbq:channels=4"], input_shape=(3, 16, 16))
+    a.rows[1].accuracy = 0.5  # layer1 plain: marks which sweep's row survives
+    got = a.merged(b)
+    assert [(r.point, r.config) for r in got.rows] == [
+        ("input", "plain"), ("layer1", "plain"), ("layer1", "crbq:channels=4"),
+        ("layer2", "plain"), ("layer2", "crbq:channels=4"), ("output", "plain")]
+    assert got.rows[1].accuracy == 0.5 and got.link == a.link
+    assert any(r.pareto for r in got.rows)
+    assert [r.point for r in a.rows] == ["input", "layer1", "layer1", "output"]  # a is untouched

@@ -189,7 +189,6 @@ def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, 
     import splitter
     from splitter.explore.codecs import ALL_CODECS, QUALITIES, available, codec_curves
     from splitter.explore.latency import LORA
-    from splitter.explore.sweep import _mark_pareto
 
     codecs = ("jpeg", "webp") if quick else tuple(c for c in ALL_CODECS if available(c))
     common = dict(input_shape=INPUT_SIZE, data=(train, test), store=str(out / "sweep"), export=False,
@@ -218,15 +217,8 @@ def _measured_sweep(teacher, train, test, out: Path, *, quick: bool, seed: int, 
         t1 = time.time()
         codec_points = measuring.result()
         times["waiting for the input codecs"] = time.time() - t1
-    seen, rows = set(), []
-    for r in sorted(full.rows + rest.rows, key=lambda r: (r.cut_index, r.config != "plain", r.config,
-                                                         r.beta or 0.0)):
-        if (r.point, r.config, r.beta) not in seen:
-            seen.add((r.point, r.config, r.beta))
-            rows.append(r)
-    _mark_pareto(rows)
-    sw = full.model_copy(update=dict(rows=rows, skipped=full.skipped + rest.skipped, codecs=codec_points,
-                                     fit=f"{CUT} full, other points {rest.fit}"))
+    sw = full.merged(rest).model_copy(update=dict(codecs=codec_points,
+                                                  fit=f"{CUT} full, other points {rest.fit}"))
     return sw, codecs
 
 

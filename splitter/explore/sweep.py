@@ -124,6 +124,21 @@ class SweepResult(BaseModel):
             r.latency_ms = _latency(r, out.link, out.device, out.server, r.device_ms)
         return out
 
+    def merged(self, other: SweepResult) -> SweepResult:
+        """This sweep's conditions with the rows of both, one per (point, config, β) (this
+        sweep's where both have it), in execution order (plain first), Pareto marks redone
+        over all; skipped entries and codec points of both."""
+        seen: set[tuple] = set()
+        rows: list[SweepRow] = []
+        for r in sorted(self.rows + other.rows,
+                        key=lambda r: (r.cut_index, r.config != PLAIN, r.config, r.beta or 0.0)):
+            if (r.point, r.config, r.beta) not in seen:
+                seen.add((r.point, r.config, r.beta))
+                rows.append(r.model_copy())
+        _mark_pareto(rows)
+        return self.model_copy(update=dict(rows=rows, skipped=self.skipped + other.skipped,
+                                           codecs=self.codecs + other.codecs))
+
     def set_accuracy(self, point: str, accuracy: float, config: str = PLAIN) -> None:
         """Record a measured accuracy for one row (and refresh the Pareto marks)."""
         for r in self.rows:
