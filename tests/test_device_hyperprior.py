@@ -135,6 +135,26 @@ def test_numpy_coder_writes_compress_s_bytes_and_they_decode_exactly(case):
                for (y, z), row in zip(strings[:10], s.numpy()))
 
 
+def test_the_cached_coder_follows_the_weights():
+    """compress/decompress reuse one integer coder until a weight or table changes: after
+    loading other weights (and after an in-place write) the bytes are those of a bottleneck
+    built with those weights from scratch."""
+    bn, other = _bottleneck("stride2", seed=3), _bottleneck("stride2", seed=5)
+    s = _latents(bn, 4, seed=6)
+    first, expected = bn.compress(s), other.compress(s)  # (compress builds the z tables)
+    assert bn.compress(s) == first and bn._hyper_coder() is bn._hyper_coder()
+    bn.load_state_dict(other.state_dict())
+    assert bn.compress(s) == expected != first
+    with torch.no_grad():
+        bn.hyper_decoder[0].weight.mul_(1.5)
+        other.hyper_decoder[0].weight.mul_(1.5)
+    fresh = _bottleneck("stride2", seed=5)
+    fresh.compress(s)
+    fresh.load_state_dict(other.state_dict())
+    assert bn.compress(s) == fresh.compress(s)
+    assert torch.equal(bn.decompress(bn.compress(s), tuple(bn.spatial(s))), s)
+
+
 def test_a_corrupted_string_never_decodes_silently_to_other_symbols():
     bn = _bottleneck("stride2", seed=5)
     s = _latents(bn, 20, seed=6)
