@@ -74,6 +74,38 @@ def test_quantize_head_keeps_the_symbol_tail_fp32(crbq):
     assert Int8Report.model_validate_json(rep.model_dump_json()) == rep
 
 
+def test_a_torchscript_head_gets_integer_convs(tmp_path):
+    """The TorchScript exporter feeds some conv biases through Identity nodes; quantized as
+    exported, those convs kept a float bias onnxruntime cannot fuse into an integer conv (the
+    int8 ResNet-50 head ran slower than fp32). Prepared first, every conv reads int8 weights
+    and an int32 bias straight from DequantizeLinear nodes over initializers."""
+    s = _split(channels=4)
+    export_head(s, tmp_path / "h.onnx", exporter="torchscript")
+    fp32 = (tmp_path / "h.onnx").read_bytes()
+    src = onnx.load_from_string(fp32)
+    inits = {t.name for t in src.graph.initializer}
+    prod = {o: n for n in src.graph.node for o in n.output}
+    convs = [n for n in src.graph.node if n.op_type == "Conv"]
+    # (the exporter shares equal initializers, such as the zero biases of batch norms folded
+    # at initialisation, through Identity nodes)
+    assert any(i not in inits and prod[i].op_type == "Identity" for n in convs for i in n.input[1:])
+    int8, rep = quantize_head(fp32, _calibration(8), min_top1=0.0, rounding="nearest", timing_runs=1)
+    q = onnx.load_from_string(int8)
+    qinits = {t.name: t for t in q.graph.initializer}
+    qprod = {o: n for n in q.graph.node for o in n.output}
+    qconvs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(qconvs) == len(convs)
+    for n in qconvs:
+        dq = qprod[n.input[1]]
+        assert dq.op_type == "DequantizeLinear" and dq.input[0] in qinits, n.name
+        assert onnx.numpy_helper.to_array(qinits[dq.input[0]]).dtype == np.int8
+        if len(n.input) > 2:  # the bias as int32 at scale s_x * s_w: what QLinearConv takes
+            dq = qprod[n.input[2]]
+            assert dq.op_type == "DequantizeLinear" and dq.input[0] in qinits, n.name
+            assert onnx.numpy_helper.to_array(qinits[dq.input[0]]).dtype == np.int32
+    assert rep.weight_bits_ratio == 0.25
+
+
 def test_gptq_rounding_changes_only_the_int8_weights_and_lowers_the_error(crbq):
     """GPTQ re-rounds the int8 conv weights on the calibration images: the graph, scales,
     zero points and biases are onnxruntime's, only int8 weight values differ (each by at
