@@ -107,15 +107,21 @@ def test_a_torchscript_head_gets_integer_convs(tmp_path):
 
 
 def test_gptq_rounding_changes_only_the_int8_weights_and_lowers_the_error(crbq):
-    """GPTQ re-rounds the int8 conv weights on the calibration images: the graph, scales,
-    zero points and biases are onnxruntime's, only int8 weight values differ (each by at
-    most a few steps), and the head's output error against fp32 on those images falls."""
+    """GPTQ re-rounds the int8 conv weights on the calibration images and corrects the int32
+    biases: the graph, scales and zero points are onnxruntime's, only int8 weight values
+    (each by at most a few steps) and int32 bias values differ, and the head's output error
+    against fp32 on those images falls."""
     from onnx import numpy_helper
 
     from targets.int8 import _run, _session
 
     s, fp32 = crbq
     s_f = splitter.split("test_resnet", at="layer2", input_shape=SHAPE).eval()  # float output
+    g = torch.Generator().manual_seed(1)
+    for m in s_f.modules():  # trained-like batch norms: folded, they give the convs biases
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
     import tempfile
     from pathlib import Path
 
@@ -134,8 +140,11 @@ def test_gptq_rounding_changes_only_the_int8_weights_and_lowers_the_error(crbq):
     tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
     assert ta.keys() == tb.keys()
     changed = [k for k in ta if not np.array_equal(ta[k], tb[k])]
-    assert changed and all(ta[k].dtype == np.int8 and k.endswith("_quantized") for k in changed)
-    assert max(int(np.abs(ta[k].astype(int) - tb[k].astype(int)).max()) for k in changed) <= 8
+    weights = [k for k in changed if ta[k].dtype == np.int8]
+    biases = [k for k in changed if ta[k].dtype == np.int32]  # bias correction
+    assert weights and biases and sorted(weights + biases) == sorted(changed)
+    assert all(k.endswith("_quantized") for k in changed)
+    assert max(int(np.abs(ta[k].astype(int) - tb[k].astype(int)).max()) for k in weights) <= 8
     ref = _run(_session(head, 1), cal)
     err = {k: float(np.mean((_run(_session(m, 1), cal) - ref) ** 2)) for k, m in (("n", near), ("g", gptq))}
     assert err["g"] < err["n"], err
@@ -276,7 +285,7 @@ def lite0_report(request, tmp_path_factory):
     s.eval()
     path = tmp_path_factory.mktemp("lite0") / "head.onnx"
     export_head(s, path)
-    cal = sample_photos(32, seed=1).numpy()  # calibration crops ...
+    cal = sample_photos(96, seed=1).numpy()  # calibration crops (fewer: see the target test)
     ev = sample_photos(60, seed=0).numpy()  # ... and other crops to measure on
     with torch.no_grad():
         assert (s(torch.from_numpy(ev)).argmax(1) == m(torch.from_numpy(ev)).argmax(1)).float().mean() >= 0.95
@@ -291,14 +300,13 @@ def test_lite0_int8_weights_are_a_quarter_and_parity_holds_its_floor(lite0_repor
     rep = lite0_report
     assert rep.n_eval == 60 and not rep.eval_is_calibration and rep.weight_rounding == "gptq"
     assert rep.weight_bits_ratio == 0.25  # every weight tensor int8
-    # measured here: 57/60 (crbq); one image of slack for other CPUs' int8 kernels
-    assert rep.top1_agreement >= 56 / 60
+    # measured here: 59/60; one image of slack for other CPUs' int8 kernels
+    assert rep.top1_agreement >= 58 / 60
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 12 target (>= 98% top-1 agreement) not met "
-                   "robustly: 95.0% (57/60) for crbq with GPTQ rounding; on 200 crops nearest "
-                   "rounding 95.0%, GPTQ 95.5-98.5% by variant (cut-feature error 9.5% -> 6.1%); "
-                   "14 of the 200 crops have top-1/top-2 logit gaps < 0.06")
 def test_lite0_int8_top1_agreement_meets_the_target(lite0_report):
+    """Issue 12's bar: >= 98 % top-1 agreement with the fp32 pipeline. Measured here with 96
+    calibration crops: 59/60 for crbq and plain (and 196/200 = 98.0 % on 200 held-out crops;
+    with 32 calibration crops 97.0-97.5 %, round-to-nearest weights 94-95 %)."""
     assert lite0_report.top1_agreement >= 0.98
