@@ -7,7 +7,7 @@
     device venv (pip install -e ., no extras):   fresh process: import, load, encode one image
     this venv + BASELINE code on PYTHONPATH:     fresh process: import, load, encode one image
 
-Printed per runtime: import time of the device runtime (median of 3 fresh processes), peak
+Printed per runtime: import time of the device runtime (median of 7 fresh processes, and their range), peak
 RSS (``VmHWM``) of a process that imports, loads the bundle and encodes one 224x224 image, the installed
 size of its environment, head and coding time per image (median of ``--n``, one thread,
 round-robin) and coding as % of encode; wall time, and CPU time (``process_time``), which
@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--device-venv", default="/tmp/splitter-device-venv")
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the runtime to compare with")
     ap.add_argument("--n", type=int, default=30, help="timed encodes per runtime (median reported)")
+    ap.add_argument("--import-runs", type=int, default=7,
+                    help="fresh interpreters timed per runtime's import (median and range reported)")
     ap.add_argument("--work", default=None, help="where bundles go (default: a temporary directory)")
     args = ap.parse_args()
 
@@ -176,12 +178,14 @@ def main() -> None:
         (f"today's runtime ({args.baseline}, full venv)", sys.executable, work / "old", old_tree, "old"),
         ("device runtime (base install, device/ only)", dev_py, work / "bundle" / "device", None, "new"),
     ]:
-        imports = [tuple(map(float, run(py, IMPORT, pythonpath=tree).split())) for _ in range(3)]
+        imports = [tuple(map(float, run(py, IMPORT, pythonpath=tree).split()))
+                   for _ in range(args.import_runs)]
         r = json.loads(run(py, MEASURE, str(bundle), str(work / "x.npy"), str(args.n), tag,
                            pythonpath=tree))
         site = Path(run(py, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
         r.update(import_s=statistics.median(i[0] for i in imports),
                  import_cpu=statistics.median(i[1] for i in imports), site=site_size(site),
+                 import_range=(min(i[0] for i in imports), max(i[0] for i in imports)),
                  site_no_tooling=site_size(site, ("pip", "setuptools", "pkg_resources",
                                                   "_distutils_hack", "distutils")),
                  bundle_mb=sum(f.stat().st_size for f in Path(bundle).iterdir()) / 2**20)
@@ -202,6 +206,9 @@ def main() -> None:
           + "; ".join(f"{name.split(' (')[0]}: import {r['import_cpu']:.2f}s, head "
                       f"{r['head_cpu'] * 1e3:.2f}ms, coding {r['coding_cpu'] * 1e3:.2f}ms "
                       f"({100 * r['coding_cpu'] / (r['head_cpu'] + r['coding_cpu']):.1f}%)"
+                      for name, r in rows.items()))
+    print(f"import wall time over {args.import_runs} fresh interpreters (median above): "
+          + "; ".join(f"{name.split(' (')[0]}: {r['import_range'][0]:.2f}-{r['import_range'][1]:.2f}s"
                       for name, r in rows.items()))
     print(f"installed size without venv tooling (pip, setuptools): today "
           f"{old['site_no_tooling'] / 2**20:.0f} MB, device {new['site_no_tooling'] / 2**20:.0f} MB")

@@ -97,6 +97,32 @@ def test_csv_json_plot(r50, tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 10_000
 
 
+def test_many_pareto_labels_become_numbers_with_a_key():
+    """Up to MAX_TEXT_LABELS labels are written beside their points; more (the demo's three-way
+    view had 14, stacked into each other) become numbers with a key listing every label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from splitter.explore.plot import MAX_TEXT_LABELS, _annotate
+
+    for n in (3, MAX_TEXT_LABELS + 2):
+        fig, ax = plt.subplots()
+        pts = [(10.0 ** (i / 3), 10.0 + 5 * i, f"layer{i} [entropy β={i}]") for i in range(n)]
+        _annotate(ax, pts, [p[0] for p in pts], [p[1] for p in pts], log_y=False)
+        texts = sorted(t.get_text() for t in ax.texts)
+        legend = ax.get_legend()
+        if n <= MAX_TEXT_LABELS:
+            assert texts == sorted(p[2] for p in pts) and legend is None
+        else:
+            assert texts == sorted(str(i) for i in range(1, n + 1))
+            keys = [t.get_text() for t in legend.get_texts()]
+            assert sorted(k.split(": ", 1)[1] for k in keys) == sorted(p[2] for p in pts)
+            assert sorted(k.split(": ", 1)[0] for k in keys) == texts
+        plt.close(fig)
+
+
 def test_pareto_mask():
     assert pareto_mask([(1, 5), (2, 2), (3, 3), (5, 1), (2, 2)]) == [True, True, False, True, True]
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["plot_sweep"]
 
 _MARKERS = "osD^v<>Ph*X"
+MAX_TEXT_LABELS = 6  # more Pareto labels in one view are drawn as numbers with a key
 
 
 def _label(r: SweepRow) -> str:
@@ -206,7 +207,9 @@ def _scatter(ax, rows: list[SweepRow], xs: list[float], ys: list[float], front: 
 
 def _annotate(ax, points: list[tuple[float, float, str]], xs: list[float], ys: list[float],
               log_y: bool) -> None:
-    """Label points; near-coincident ones share a label, close ones are stacked downwards."""
+    """Label points; near-coincident ones share a label, close ones are stacked downwards.
+    More than :data:`MAX_TEXT_LABELS` labels overlap whatever the offsets (the demo's
+    three-way view had 14), so they become numbers with a key in the view's emptiest corner."""
 
     def norm(vals: list[float], log: bool):
         t = [math.log10(v) if log and v > 0 else v for v in vals]
@@ -222,14 +225,26 @@ def _annotate(ax, points: list[tuple[float, float, str]], xs: list[float], ys: l
             groups.append([u, v, x, y, [name]])
         else:
             g[4].append(name)
+    numbered = len(groups) > MAX_TEXT_LABELS  # too many to place: numbers, and a key
     placed: list[tuple[float, float]] = []
-    for u, v, x, y, names in groups:
+    keys: list[str] = []
+    for n, (u, v, x, y, names) in enumerate(groups, 1):
         text = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        k = sum(1 for pu, pv in placed if abs(pu - u) < 0.15 and abs(pv - v) < 0.05)
+        if numbered:
+            keys.append(f"{n}: {text}")
+            text = str(n)
+        near = 0.05 if numbered else 0.15
+        k = sum(1 for pu, pv in placed if abs(pu - u) < near and abs(pv - v) < 0.05)
         placed.append((u, v))
         right = u > 0.7  # near the right edge: label to the left of the point
         ax.annotate(text, (x, y), xytext=(-8 if right else 8, 6 - 10 * k), textcoords="offset points",
                     ha="right" if right else "left", fontsize=7, color="crimson", zorder=5)
+    if keys:  # the key where it covers the fewest points (the figure's own legend is outside)
+        from matplotlib.lines import Line2D
+
+        ax.legend([Line2D([], [], linestyle="none")] * len(keys), keys, loc="best", fontsize=6,
+                  handlelength=0, handletextpad=0, labelcolor="crimson", framealpha=0.85,
+                  title="Pareto-optimal", title_fontsize=6)
 
 
 def plot_sweep(result: SweepResult, path: str, *, title: str | None = None) -> None:
