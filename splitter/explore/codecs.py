@@ -116,11 +116,13 @@ def _logits(out):
 @torch.no_grad()
 def codec_curves(teacher: nn.Module, data: Dataset, *, codecs: Sequence[str] = ALL_CODECS,
                  qualities: Sequence[int] = QUALITIES, labelled: bool = True,
-                 limit: int | None = None, batch_size: int = 256) -> list[CodecPoint]:
+                 limit: int | None = None, batch_size: int = 256,
+                 progress: bool = False) -> list[CodecPoint]:
     """``teacher`` on held-out inputs that went through each codec at each quality.
 
     ``data`` must keep its source images (``data.raw(i)`` and ``data.transform``), as the
-    datasets of :mod:`splitter.train.data` do.
+    datasets of :mod:`splitter.train.data` do. ``progress``: a tqdm bar over the (codec,
+    quality) settings (on 10,000 Fashion-MNIST images the 40 settings take minutes).
     """
     if not (hasattr(data, "raw") and hasattr(data, "transform")):
         raise SplitterError("input-codec baselines need the source images: use "
@@ -147,8 +149,16 @@ def codec_curves(teacher: nn.Module, data: Dataset, *, codecs: Sequence[str] = A
     else:
         ref = predict([data[i][0] for i in range(n)])
     out = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(codecs) * len(qualities), desc=f"input codecs on {n} images",
+                   unit="setting", leave=False)
     for codec in codecs:
         for q in qualities:
+            if bar is not None:
+                bar.set_postfix_str(f"{codec} q={q}")
             blobs = [encode_image(im, codec, q) for im in raws]
             preds = predict([data.transform(_decode(b)) for b in blobs])
             sizes = np.asarray([len(b) for b in blobs], dtype=np.float64)
@@ -157,4 +167,8 @@ def codec_curves(teacher: nn.Module, data: Dataset, *, codecs: Sequence[str] = A
                                   bytes_mean=float(sizes.mean()), bytes_p50=float(np.percentile(sizes, 50)),
                                   bytes_p95=float(np.percentile(sizes, 95)),
                                   bpp=float(sizes.mean()) * 8 / pixels, samples=n))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
     return out

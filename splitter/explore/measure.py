@@ -206,7 +206,7 @@ def measured_sweep(analytic: SweepResult, model: Any, data: Any, *, fit: str | N
     skipped = list(analytic.skipped) + [Skipped(point=f.spec.point, config=f.spec.config, reason=f.error)
                                         for f in failed]
 
-    names, points_ = _codec_points(ctx, st, codecs, qualities)
+    names, points_ = _codec_points(ctx, st, codecs, qualities, progress)
     curves = curves_of(rows, points_)
     anchor_name = anchor or bd.best_codec(curves, names)
     bd_rows = bd.compare(curves, anchor_name) if anchor_name else []
@@ -292,7 +292,7 @@ def _measured_rows(analytic: SweepResult, results: Sequence[TrialResult], t_acc:
 
 
 def _codec_points(ctx: TrialContext, st: TrialStore, codecs: Sequence[str] | None,
-                  qualities: Sequence[int] | None) -> tuple[list[str], list[Any]]:
+                  qualities: Sequence[int] | None, progress: bool = False) -> tuple[list[str], list[Any]]:
     """``(codec names, CodecPoint per codec and quality)``: the input codecs on the trials'
     held-out samples, cached in the store (none when the data keeps no source images)."""
     from splitter.explore.codecs import ALL_CODECS, QUALITIES, CodecPoint, available, codec_curves
@@ -305,7 +305,7 @@ def _codec_points(ctx: TrialContext, st: TrialStore, codecs: Sequence[str] | Non
     if cache.exists():
         return names, [CodecPoint.model_validate(p) for p in json.loads(cache.read_text())]
     points = codec_curves(ctx.teacher, ctx.test, codecs=names, qualities=qs, labelled=ctx.labelled,
-                          limit=ctx.eval_limit)
+                          limit=ctx.eval_limit, progress=progress)
     from splitter.train.checkpoint import write_text
 
     write_text(json.dumps([p.model_dump() for p in points]), str(cache))  # a kill leaves no half file
