@@ -238,9 +238,7 @@ def test_measured_sweep_rows_codecs_and_bd(measured, tmp_path):
 
 def test_measured_sweep_resumes_from_its_store(measured):
     res, model, store = measured
-    from splitter.explore import trials
-
-    from splitter.explore import codecs
+    from splitter.explore import codecs, trials
 
     # a run killed among the codec settings: one (codec, quality) point never written
     [lost] = list(store.glob("codecs-*/webp-q50.json"))
