@@ -153,7 +153,8 @@ def codec_curves(teacher: nn.Module, data: Dataset, *, codecs: Sequence[str] = A
         ref = predict([data[i][0] for i in range(n)])
     out = []
     bar = None
-    todo = [(c, int(q)) for c in codecs for q in qualities if (c, int(q)) not in set(skip)]
+    skipped = set(skip)
+    todo = [(c, int(q)) for c in codecs for q in qualities if (c, int(q)) not in skipped]
     if progress and todo:
         from tqdm.auto import tqdm
 
