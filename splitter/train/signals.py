@@ -80,9 +80,17 @@ class TeacherCache:
 
 
 def teacher_cut(teacher: nn.Module, split: nn.Module) -> nn.Module:
-    """The teacher's layers up to the cut (a plain split of the teacher)."""
+    """The teacher's layers up to the cut (a plain split of the teacher), on the CPU.
+
+    Tracing runs a CPU example input, so a teacher that ``fit`` already moved to the GPU
+    is traced from a CPU copy; the caller moves the head to its device.
+    """
+    import copy
+
     from splitter.compile.split import split as make_split
 
+    if any(t.device.type != "cpu" for t in (*teacher.parameters(), *teacher.buffers())):
+        teacher = copy.deepcopy(teacher).to("cpu")
     return make_split(teacher, at=split.cut.name, input_shape=tuple(split.graph.input_shape)).head
 
 
