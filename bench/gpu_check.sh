@@ -8,7 +8,7 @@
 #   ─► nvidia-smi -L, python / torch / numpy versions ─► smoke import (+ compressai on this numpy)
 #   ─► pytest tests/test_cuda.py ─► bench/gpu_fit.py (fit steps/s, cuda vs cpu)
 #   all output teed to $OUT/gpu_check.log (OUT defaults to /tmp/gpu_check_out); every phase
-#   has its own timeout, 345 s in all (+2 s grace each), so the script ends within 6 minutes
+#   has its own timeout, 340 s in all (+2 s grace each), so the script ends within 6 minutes
 #
 # The repository is not pip-installed: PYTHONPATH=$PWD finds splitter, bottlenecks, passes and
 # targets. splitter reads no entry points; its two importlib.metadata lookups of its own
@@ -65,7 +65,7 @@ main() {
     echo "gpu_check: $(date -u) in $PWD; log $LOG"
     export -f install_wheels
     export PY SITE WHEELS
-    phase install 45 bash -c install_wheels
+    phase install 40 bash -c install_wheels
     export PYTHONPATH="$SITE:$PWD"
     echo "PYTHONPATH=$PYTHONPATH"
 
@@ -80,7 +80,7 @@ print(\"numpy\", numpy.__version__)
 "
         "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|torchvision|timm|onnx|onnxruntime|onnxscript|onnx-ir|torch.geometric|numpy|scipy|scikit-learn|safetensors|pydantic|typing.extensions) " || true'
 
-    phase smoke 45 "$PY" - <<'EOF'
+    phase smoke 40 "$PY" - <<'EOF'
 import importlib
 import importlib.metadata as md
 import sys
@@ -149,10 +149,10 @@ sys.exit(1 if failed else 0)
 EOF
 
     # No -x: one run on the machine, so every failure is worth seeing.
-    phase pytest 145 "$PY" -m pytest -q -p no:cacheprovider -rA --durations=10 \
+    phase pytest 140 "$PY" -m pytest -q -p no:cacheprovider -rA --durations=10 \
         -o faulthandler_timeout=120 --junitxml="$OUT/test_cuda.xml" tests/test_cuda.py
 
-    phase bench 90 "$PY" bench/gpu_fit.py
+    phase bench 100 "$PY" bench/gpu_fit.py
 
     echo
     echo "=== summary"
