@@ -262,7 +262,12 @@ class _Run:
         for p in split.parameters():
             p.requires_grad_(False)
         split.eval()
+        # coder tables are built on the CPU whatever trained: CompressAI computes them in float,
+        # and built on a GPU (an H200) some CDF entries rounded otherwise
+        # (gaussian_conditional._quantized_cdf), so they would depend on the training device
+        split.bottleneck.to("cpu")
         split.bottleneck.update()
+        split.bottleneck.to(self.ctx.device)
         broadcast_state(split, self.ctx)
         if self.output_dir and self.ctx.main:
             ckpt.save_split(split, os.path.join(self.output_dir, ckpt.WEIGHTS),
