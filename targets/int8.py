@@ -5,7 +5,9 @@
     head.onnx (fp32) ──┬─► onnxruntime quantize_static (QDQ, per-channel int8 weights,
     calibration images ┘     activations from the calibration images; symbol tail kept fp32)
                           ─► targets.rounding: GPTQ re-rounds the int8 conv weights on the
-                             calibration images (same scales, same graph) ─► head.int8.onnx
+                             calibration images (same scales, same graph)
+                          ─► targets.stem: a 3-channel stride-2 stem computed as SpaceToDepth
+                             + a stride-1 conv on 12 channels (same integers) ─► head.int8.onnx
     eval images ─► fp32 head ─► symbols ─┬─► identical %, max |diff|
                 ─► int8 head ─► symbols ─┘─► tail (fp32, caller's) ─► top-1 agreement
     fp32 and int8 heads, batch 1, N threads ─► median latency ─► which is faster
@@ -61,7 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitter.errors import BundleError
 
 __all__ = ["Int8Report", "quantize_head", "check_int8", "int8_head", "load_calibration",
-           "split_tail", "symbol_tail", "weighted_nodes", "prepared",
+           "split_tail", "symbol_tail", "weighted_nodes", "prepared", "stored_weight",
            "weight_bits", "head_latency_ms", "METHODS", "KEEP", "ROUNDINGS"]
 
 METHODS = ("percentile", "entropy", "minmax", "distribution")
@@ -92,6 +94,9 @@ class Int8Report(BaseModel):
     fp32_nodes: list[str] = Field(description="nodes left in fp32 (the symbol tail of an integer "
                                               "head, and keep_fp32)")
     keep_fp32: list[str]
+    stem_space_to_depth: list[str] = Field(
+        default_factory=list, description="int8 stem convs run in their space-to-depth form, "
+                                          "same integers (targets.stem; not with keep_fp32 'stem')")
     symbols_identical: float = Field(description="fraction of int8-head symbols equal to the fp32 head's")
     symbols_max_abs_diff: float
     top1_agreement: float | None = Field(
@@ -186,22 +191,31 @@ def _depthwise(model) -> list[str]:
     return out
 
 
+LAYOUT_OPS = ("Reshape", "Transpose", "Pad")  # on stored int8 weights (targets.stem)
+
+
+def stored_weight(model, node):
+    """The initializer a weighted op's weights are stored in: its weight input itself, or
+    behind a DequantizeLinear and any layout ops on the stored int8 tensor (targets.stem);
+    ``None`` when the weights are computed (not a constant)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    prod = _producers(model.graph)
+    name = node.input[1] if len(node.input) > 1 else None
+    while name is not None and name not in inits:
+        p = prod.get(name)
+        name = p.input[0] if p is not None and p.op_type in ("DequantizeLinear", *LAYOUT_OPS) else None
+    return inits.get(name) if name is not None else None
+
+
 def weight_bits(model) -> int:
-    """Bits of the weight tensors of the weighted ops (through a DequantizeLinear if any)."""
+    """Bits of the weight tensors the weighted ops read, as stored (:func:`stored_weight`)."""
     import onnx
     from onnx import numpy_helper
 
-    inits = {t.name: t for t in model.graph.initializer}
-    prod = _producers(model.graph)
     total = 0
     for n in model.graph.node:
-        if n.op_type not in WEIGHTED or len(n.input) < 2:
-            continue
-        name = n.input[1]
-        if name not in inits and name in prod and prod[name].op_type == "DequantizeLinear":
-            name = prod[name].input[0]
-        if name in inits:
-            t = inits[name]
+        t = stored_weight(model, n) if n.op_type in WEIGHTED else None
+        if t is not None:
             bits = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * 8
             total += int(np.prod(numpy_helper.to_array(t).shape)) * bits
     return total
@@ -371,6 +385,13 @@ def quantize_head(onnx_bytes: bytes, calibration: np.ndarray, *,
         q = onnx.load_from_string(int8)
         refine_int8_weights(model, q, calibration, threads=threads, bias=True)
         int8 = q.SerializeToString()
+    s2d: dict[str, list[str]] = {}
+    if "stem" not in keep_fp32:  # a 3-channel int8 stem is slow; the same integers on 12 are not
+        from targets.stem import space_to_depth_stem
+
+        q = onnx.load_from_string(int8)
+        s2d = space_to_depth_stem(q)
+        int8 = q.SerializeToString() if s2d else int8
 
     evals = calibration if eval_inputs is None else np.ascontiguousarray(eval_inputs, np.float32)
     s32, s8 = _session(onnx_bytes, threads), _session(int8, threads)
@@ -393,6 +414,7 @@ def quantize_head(onnx_bytes: bytes, calibration: np.ndarray, *,
         activation_type=activation,
         weight_type="int8", n_calibration=len(calibration), n_eval=len(evals),
         eval_is_calibration=eval_inputs is None, fp32_nodes=exclude, keep_fp32=list(keep_fp32),
+        stem_space_to_depth=list(s2d),
         symbols_identical=identical, symbols_max_abs_diff=diff, top1_agreement=top1,
         min_top1=min_top1, weight_bits_fp32=bits32, weight_bits_int8=bits8,
         weight_bits_ratio=bits8 / max(bits32, 1), head_bytes_fp32=len(onnx_bytes),

@@ -20,6 +20,7 @@ from targets.int8 import (
     load_calibration,
     quantize_head,
     split_tail,
+    stored_weight,
     symbol_tail,
     weighted_nodes,
 )
@@ -59,12 +60,13 @@ def test_quantize_head_keeps_the_symbol_tail_fp32(crbq):
     for n in q.graph.node:
         if n.name in w:
             assert prod[n.input[1]].op_type == "DequantizeLinear"
-            assert onnx.numpy_helper.to_array(
-                next(t for t in q.graph.initializer if t.name == prod[n.input[1]].input[0])).dtype == np.int8
+            assert onnx.numpy_helper.to_array(stored_weight(q, n)).dtype == np.int8
         if n.op_type == "QuantizeLinear" and n.input[0] in prod:
             assert prod[n.input[0]].name not in tail
     assert set(tail) <= {n.name for n in q.graph.node}
     assert sorted(rep.fp32_nodes) == sorted(tail)
+    # the int8 stem (3 -> 64 channels, stride 2) runs in its space-to-depth form (test_stem.py)
+    assert rep.stem_space_to_depth == weighted_nodes(src)[:1]
     assert rep.weight_bits_ratio == 0.25  # every weight tensor int8
     assert rep.head_bytes_int8 < rep.head_bytes_fp32
     assert q.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -97,8 +99,10 @@ def test_a_torchscript_head_gets_integer_convs(tmp_path):
     assert len(qconvs) == len(convs)
     for n in qconvs:
         dq = qprod[n.input[1]]
-        assert dq.op_type == "DequantizeLinear" and dq.input[0] in qinits, n.name
-        assert onnx.numpy_helper.to_array(qinits[dq.input[0]]).dtype == np.int8
+        # int8 weights as stored (the space-to-depth stem reads them through layout ops the
+        # session folds: tests/test_stem.py)
+        assert dq.op_type == "DequantizeLinear", n.name
+        assert onnx.numpy_helper.to_array(stored_weight(q, n)).dtype == np.int8
         if len(n.input) > 2:  # the bias as int32 at scale s_x * s_w: what QLinearConv takes
             dq = qprod[n.input[2]]
             assert dq.op_type == "DequantizeLinear" and dq.input[0] in qinits, n.name
