@@ -5,7 +5,7 @@
     "crbq:channels=12" | {"kind": "crbq", "channels": 12} | BottleneckSpec(kind="crbq", ...)
         ─► BottleneckSpec.of ─► KINDS["crbq"].options (pydantic, extra="forbid") ─► validated
         ─► bottlenecks.create(...)          the kind's torch module, imported on first use
-    KINDS[kind].wire_id, .streams ─► splitter.deploy.payload (the wire format reads them here)
+    KINDS[kind].wire_id, .streams (from bottlenecks/wire.py, which the payload format reads)
 
 Every place that names a kind (split, sweep, YAML config, manifest, payload, CLI) goes
 through this module, so a typo is an error that names the closest valid option, a wrong
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bottlenecks.wire import WIRE
 from splitter.errors import BottleneckError, closest
 
 __all__ = ["Kind", "KINDS", "kind_info", "BottleneckSpec", "Options", "IdentityOptions",
@@ -77,14 +78,17 @@ class Kind:
         return sorted(self.options.model_fields)
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("identity", 1, 1, "bottlenecks.identity", IdentityOptions),
-    Kind("crbq", 2, 1, "bottlenecks.crbq", LatentOptions),
-    Kind("entropy", 3, 1, "bottlenecks.entropy", LatentOptions, ("insert", "replace")),
-    Kind("hyperprior", 4, 2, "bottlenecks.hyperprior", HyperpriorOptions, ("insert", "replace")),
-    Kind("jpeg", 5, 1, "bottlenecks.codec", CodecOptions, lossless=False),
-    Kind("webp", 6, 1, "bottlenecks.codec", CodecOptions, lossless=False),
+KINDS: dict[str, Kind] = {k.name: k for k in (  # wire id and streams: bottlenecks/wire.py
+    Kind("identity", *WIRE["identity"], "bottlenecks.identity", IdentityOptions),
+    Kind("crbq", *WIRE["crbq"], "bottlenecks.crbq", LatentOptions),
+    Kind("entropy", *WIRE["entropy"], "bottlenecks.entropy", LatentOptions, ("insert", "replace")),
+    Kind("hyperprior", *WIRE["hyperprior"], "bottlenecks.hyperprior", HyperpriorOptions,
+         ("insert", "replace")),
+    Kind("jpeg", *WIRE["jpeg"], "bottlenecks.codec", CodecOptions, lossless=False),
+    Kind("webp", *WIRE["webp"], "bottlenecks.codec", CodecOptions, lossless=False),
 )}
+if set(KINDS) != set(WIRE):
+    raise ImportError(f"bottlenecks/wire.py and spec.py name other kinds: {sorted(set(KINDS) ^ set(WIRE))}")
 
 
 def kind_info(name: str) -> Kind:

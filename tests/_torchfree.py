@@ -1,10 +1,11 @@
-"""A script for a fresh interpreter in which torch & co cannot be imported: it loads a device
+"""A script for a fresh interpreter in which torch & co (and pydantic, which the device's
+encode path does without: targets/device_manifest.py) cannot be imported: it loads a device
 bundle, encodes ``x`` (a .npy) sample by sample and as one batch, and writes the payloads' hex
 to a JSON file (argv: bundle, x.npy, out.json). Shared by the device-runtime tests."""
 
 TORCH_FREE = r"""
 import importlib.abc, json, sys
-BLOCKED = ("torch", "torchvision", "timm", "compressai")
+BLOCKED = ("torch", "torchvision", "timm", "compressai", "pydantic")  # pydantic: import time
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):

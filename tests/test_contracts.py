@@ -231,7 +231,7 @@ def test_every_module_imports_alone():
 _LAYERS = ["compile", "train", "deploy", "explore", "cli"]
 _LEAVES = {"splitter.errors", "splitter._text", "splitter.tensors", "splitter.deploy.payload",
            "splitter.deploy.coder", "splitter.deploy.preprocess",
-           "bottlenecks.spec", "splitter.deploy", "splitter", "bottlenecks"}
+           "bottlenecks.spec", "bottlenecks.wire", "splitter.deploy", "splitter", "bottlenecks"}
 
 
 def _is_leaf(module: str) -> bool:

@@ -120,7 +120,10 @@ def test_bundle_in_a_fresh_process_matches_the_split(tmp_path, name):
     assert sorted(os.listdir(d / "server")) == ["manifest.json", "tables.safetensors", "tail.onnx",
                                                 "tail.pt2"]
     dm = b.device_manifest
-    assert dm.export_id == m.export_id and dm.cut == m.cut and dm.symbols == m.symbols
+    # the device half is read without pydantic (targets/device_manifest.py): compare the JSON
+    assert dm.export_id == m.export_id
+    assert dm.cut.model_dump() == m.cut.model_dump(mode="json")
+    assert dm.symbols.model_dump() == m.symbols.model_dump(mode="json")
     assert m.export.head.exporter == ("dynamo" if exporter == "auto" else exporter)
     assert m.export.head.dynamic_batch and m.export.tail.dynamic_batch
     assert m.bottleneck.kind == kw["bottleneck"] and m.bottleneck.options["channels"] == kw["channels"]

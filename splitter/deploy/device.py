@@ -27,7 +27,7 @@ from splitter.errors import BundleError, InputShapeError, InputValueError
 
 if TYPE_CHECKING:
     from splitter.deploy.runtime import Bundle
-    from targets.manifest import DeviceManifest
+    from targets.device_manifest import View as DeviceManifest
 
 __all__ = ["Device"]
 

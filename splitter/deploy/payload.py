@@ -5,7 +5,7 @@
     offset  size        field
     0       2           magic  b"SP"
     2       1           version (2)
-    3       1           kind id (``wire_id`` in bottlenecks/spec.py), plus SHORT (0x80) for the short form
+    3       1           kind id (``WIRE`` in bottlenecks/wire.py), plus SHORT (0x80) for the short form
     long form:
     4       varint      batch size B            (1 .. limits.max_batch)
     .       1           D, number of symbol dims (0 .. 4)
@@ -32,10 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
-
-from bottlenecks.spec import KINDS
-from splitter.errors import PayloadError
+from bottlenecks.wire import WIRE
+from splitter.errors import ConfigError, PayloadError
 
 __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack", "unpack",
            "header_size", "encode_symbols", "decode_strings"]
@@ -43,21 +41,29 @@ __all__ = ["MAGIC", "VERSION", "KIND_IDS", "STREAMS", "Limits", "Payload", "pack
 MAGIC = b"SP"
 VERSION = 2
 SHORT = 0x80  # kind-byte flag: one sample, the receiver's dims, last string runs to the end
-# read from the kinds' one declaration (bottlenecks/spec.py, no torch)
-KIND_IDS = {k.name: k.wire_id for k in KINDS.values()}
+# read from the kinds' wire table (bottlenecks/wire.py: no torch, no pydantic)
+KIND_IDS = {name: wire_id for name, (wire_id, _) in WIRE.items()}
 KIND_NAMES = {v: k for k, v in KIND_IDS.items()}
-STREAMS = {k.name: k.streams for k in KINDS.values()}
+STREAMS = {name: streams for name, (_, streams) in WIRE.items()}
 MAX_DIMS = 4
 
 
-class Limits(BaseModel):
-    """Bounds the server enforces before allocating anything for a payload."""
+@dataclass(frozen=True)
+class Limits:
+    """Bounds the server enforces before allocating anything for a payload (a dataclass, not a
+    pydantic model: this module is on the device's import path)."""
 
-    max_bytes: int = Field(64 << 20, description="whole payload")
-    max_batch: int = Field(1024, description="samples in one payload")
-    max_dim: int = Field(1 << 16, description="any one symbol dimension")
-    max_symbols: int = Field(1 << 26, description="symbols per sample (product of dims)")
-    max_string: int = Field(64 << 20, description="one coded string")
+    max_bytes: int = 64 << 20  # whole payload
+    max_batch: int = 1024  # samples in one payload
+    max_dim: int = 1 << 16  # any one symbol dimension
+    max_symbols: int = 1 << 26  # symbols per sample (product of dims)
+    max_string: int = 64 << 20  # one coded string
+
+    def __post_init__(self):
+        bad = {k: v for k, v in vars(self).items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ConfigError(f"payload limits must be positive integers, got {bad}; pass e.g. "
+                              f"Limits(max_bytes=1 << 20)")
 
 
 @dataclass(frozen=True)

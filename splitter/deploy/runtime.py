@@ -1,7 +1,8 @@
 """Open a bundle: ``load_bundle(dir).device().encode(x)`` and ``.server().decode(payload)``.
 
 This module verifies and reads bundles; the two sides live in ``device.py`` and ``server.py``.
-It imports no torch (numpy, pydantic): a device runs it.
+It imports no torch and no pydantic (numpy; a device half's manifest is checked by
+:mod:`targets.device_manifest`, a server half's by the pydantic models): a device runs it.
 
 ::
 
@@ -11,7 +12,7 @@ It imports no torch (numpy, pydantic): a device runs it.
     device/ alone ─► Bundle with a device half only: .device() encodes, .server() refuses
     server/ alone ─► Bundle with a server half only: .server() decodes, .device() refuses
 
-Loading verifies each manifest (its own digest, then the pydantic schema), then every file's
+Loading verifies each manifest (its schema, then its own digest), then every file's
 size and sha256, and runs what it verified: each file is read once into memory, hashed,
 and that same buffer goes to onnxruntime or safetensors. Nothing in a bundle is unpickled:
 ONNX is protobuf, tables are safetensors, the manifest is JSON, and the bottleneck module
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from splitter.deploy import payload
 from splitter.errors import BundleError, InputShapeError
-from targets.manifest import (
+from targets import device_manifest
+from targets.device_manifest import (
     DEVICE_DIR,
     DEVICE_FILES,
     MANIFEST,
@@ -39,8 +40,6 @@ from targets.manifest import (
     SERVER_DIR,
     SERVER_FILES,
     TIED,
-    DeviceManifest,
-    Manifest,
     digest_of,
 )
 
@@ -50,10 +49,12 @@ __all__ = ["Bundle", "BundleHalf", "Device", "Server", "Prediction", "load_bundl
 if TYPE_CHECKING:
     from splitter.deploy.device import Device
     from splitter.deploy.server import Prediction, Server
+    from targets.device_manifest import View as DeviceManifest
+    from targets.manifest import Manifest
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8,
               "int16": np.int16, "int32": np.int32, "int64": np.int64}
-_ROLES = {"device": (DeviceManifest, DEVICE_FILES), "server": (Manifest, SERVER_FILES)}
+_ROLES = {"device": DEVICE_FILES, "server": SERVER_FILES}
 
 
 def read_manifest(directory: str | Path, *, prefix: str = "") -> DeviceManifest | Manifest:
@@ -83,12 +84,23 @@ def read_manifest(directory: str | Path, *, prefix: str = "") -> DeviceManifest 
     if role not in _ROLES:
         raise BundleError(f"{name} has role {role!r}, not 'device' or 'server'; export the bundle "
                           f"again", file=name)
-    cls, required = _ROLES[role]
-    try:
-        manifest = cls.model_validate(data)
-    except ValidationError as e:
-        first = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise BundleError(f"{name} does not match schema {SCHEMA_VERSION}: {first}", file=name) from e
+    required = _ROLES[role]
+    if role == "device":  # no pydantic on a device: the same schema, checked by device_manifest
+        problems = device_manifest.check(data)
+        if problems:
+            raise BundleError(f"{name} does not match schema {SCHEMA_VERSION}: "
+                              f"{'; '.join(problems[:3])}", file=name)
+        manifest = device_manifest.View(data)
+    else:
+        from pydantic import ValidationError
+
+        from targets.manifest import Manifest
+
+        try:
+            manifest = Manifest.model_validate(data)
+        except ValidationError as e:
+            first = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+            raise BundleError(f"{name} does not match schema {SCHEMA_VERSION}: {first}", file=name) from e
     if digest_of(raw, manifest.manifest_sha256) != manifest.manifest_sha256:
         raise BundleError(f"{name} was modified after export (its manifest_sha256 does not "
                           f"match its bytes); export the bundle again", file=name)
@@ -136,14 +148,16 @@ class BundleHalf:
 
 
 def check_pair(device: DeviceManifest, server: Manifest, where: str = "") -> None:
-    """Refuse a device half and a server half that do not come from the same export."""
-    diff = [k for k in TIED if getattr(device, k) != getattr(server, k)]
+    """Refuse a device half and a server half that do not come from the same export
+    (compared as the JSON both were written as)."""
+    dev, srv = device.model_dump(mode="json"), server.model_dump(mode="json")
+    diff = [k for k in TIED if dev.get(k) != srv.get(k)]
     if diff:
         first = diff[0]
         raise BundleError(
             f"{where}device/ and server/ do not belong together: they differ in {diff} "
-            f"(device {first}={getattr(device, first)!r:.120}, server {first}="
-            f"{getattr(server, first)!r:.120}). Deploy both halves of one export.",
+            f"(device {first}={dev.get(first)!r:.120}, server {first}="
+            f"{srv.get(first)!r:.120}). Deploy both halves of one export.",
             file=f"{DEVICE_DIR}/{MANIFEST}")
 
 
