@@ -193,9 +193,8 @@ def space_to_depth_stem(model) -> dict[str, list[str]]:
                 if t.name == wname:
                     t.CopyFrom(numpy_helper.from_array(_s2d_kernel(inits[wname], k2), t.name))
         else:  # int8: stored as quantized; rearranged by constant nodes the session folds
-            layout = _layout_nodes(wname, inits[wname].shape, k2, base)
-            added_inits, layout_nodes = layout
-            graph.initializer.extend(added_inits)
+            consts, layout_nodes = _layout_nodes(wname, inits[wname].shape, k2, base)
+            graph.initializer.extend(consts)
             front += layout_nodes
             dq = prod[node.input[1]]
             dq.input[0] = layout_nodes[-1].output[0]

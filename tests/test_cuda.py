@@ -25,13 +25,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 import splitter
 from splitter.train import signals
 from splitter.train.checkpoint import load_split
 from splitter.train.data import digits
 from splitter.train.fit import fit
+from tests.test_fit_steps import _Images  # bare image tensors, no labels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (bench/gpu_check.sh runs it on one)")
@@ -171,19 +172,6 @@ def test_kd_on_cuda_keeps_encoder_and_entropy_model_bit_identical(teacher, train
     assert all(torch.equal(v, s.pre.state_dict()[k]) for k, v in pre.items())
     assert any(not torch.equal(v, bn.decoder.state_dict()[k]) for k, v in dec.items())
     assert any(not torch.equal(v, s.post.state_dict()[k]) for k, v in post.items())
-
-
-class _Images(Dataset):
-    """Bare image tensors (no labels): kd learns from the teacher's logits alone."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return self.data[i][0]
 
 
 def test_unlabelled_data_fits_on_cuda(teacher, train):
