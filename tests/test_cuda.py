@@ -3,7 +3,7 @@
 ::
 
     digits (3, 16, 16) ─► fit(device="cuda"): features + kd, teacher cache, resume
-        ─► split back on the CPU, coder tables built on the GPU
+        ─► split back on the CPU, coder tables built on the CPU (as on a CPU-only fit)
             ─► encode ─► payload bytes ─► decode      == split(x), byte-exact, every kind
             ─► the same weights on cuda vs cpu          pre, encoder, tail within fp32 tolerance
             ─► splitter.export ─► bundle                head.onnx symbols == split.head, parity
