@@ -17,7 +17,7 @@ from torch import nn
 
 import splitter
 from splitter.deploy import payload
-from splitter.errors import PayloadError
+from splitter.errors import ConfigError, PayloadError
 
 KINDS = sorted(payload.KIND_IDS)
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -230,3 +230,11 @@ def test_plain_split_has_no_coder():
     s = splitter.split(_tiny_model(), "1", input_shape=(3, 16, 16))
     with pytest.raises(splitter.errors.CutError, match="bottleneck="):
         s.encode(torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("bad", [dict(max_bytes=0), dict(max_batch=-1), dict(max_dim=1.5),
+                                 dict(max_string=True), dict(max_symbols="64")])
+def test_limits_must_be_positive_integers(bad):
+    with pytest.raises(ConfigError, match=f"positive integers.*{next(iter(bad))}"):
+        payload.Limits(**bad)
+    assert payload.Limits(max_bytes=1 << 20).max_bytes == 1 << 20
