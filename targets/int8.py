@@ -194,17 +194,19 @@ def _depthwise(model) -> list[str]:
 LAYOUT_OPS = ("Reshape", "Transpose", "Pad")  # on stored int8 weights (targets.stem)
 
 
+def _stored(name: str | None, inits: dict, prod: dict):
+    while name is not None and name not in inits:
+        p = prod.get(name)
+        name = p.input[0] if p is not None and p.op_type in ("DequantizeLinear", *LAYOUT_OPS) else None
+    return inits.get(name) if name is not None else None
+
+
 def stored_weight(model, node):
     """The initializer a weighted op's weights are stored in: its weight input itself, or
     behind a DequantizeLinear and any layout ops on the stored int8 tensor (targets.stem);
     ``None`` when the weights are computed (not a constant)."""
     inits = {t.name: t for t in model.graph.initializer}
-    prod = _producers(model.graph)
-    name = node.input[1] if len(node.input) > 1 else None
-    while name is not None and name not in inits:
-        p = prod.get(name)
-        name = p.input[0] if p is not None and p.op_type in ("DequantizeLinear", *LAYOUT_OPS) else None
-    return inits.get(name) if name is not None else None
+    return _stored(node.input[1] if len(node.input) > 1 else None, inits, _producers(model.graph))
 
 
 def weight_bits(model) -> int:
@@ -212,9 +214,11 @@ def weight_bits(model) -> int:
     import onnx
     from onnx import numpy_helper
 
+    inits = {t.name: t for t in model.graph.initializer}  # once, not once per weighted op
+    prod = _producers(model.graph)
     total = 0
     for n in model.graph.node:
-        t = stored_weight(model, n) if n.op_type in WEIGHTED else None
+        t = _stored(n.input[1], inits, prod) if n.op_type in WEIGHTED and len(n.input) > 1 else None
         if t is not None:
             bits = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * 8
             total += int(np.prod(numpy_helper.to_array(t).shape)) * bits

@@ -116,14 +116,13 @@ def _readers(graph) -> dict[str, int]:
     return out
 
 
-def _stem(node, graph, prod, readers, inits):
+def _stem(node, inputs, prod, readers, inits):
     """For a conv on the graph input, ``(node whose input 0 becomes the SpaceToDepth output,
     weight initializer name)``: the conv itself in fp32, or in a QDQ graph the QuantizeLinear
     of the image whose codes reach only this conv, with the int8 weights behind a per-output-
     channel (axis 0) or per-tensor DequantizeLinear. Else ``None``."""
     from onnx import helper
 
-    inputs = {i.name for i in graph.input} - set(inits)
     if node.op_type != "Conv" or len(node.input) < 2:
         return None
     w = node.input[1]
@@ -162,10 +161,11 @@ def space_to_depth_stem(model) -> dict[str, list[str]]:
                             for d in i.type.tensor_type.shape.dim) for i in graph.input}
     prod = {o: n for n in graph.node for o in n.output}
     readers = _readers(graph)
+    inputs = {i.name for i in graph.input} - set(inits)  # the graph inputs no initializer fills
     done: dict[str, list[str]] = {}
     front = []
     for idx, node in enumerate(graph.node):
-        found = _stem(node, graph, prod, readers, inits)
+        found = _stem(node, inputs, prod, readers, inits)
         if found is None:
             continue
         feeder, wname = found
